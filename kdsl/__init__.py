@@ -1,0 +1,8 @@
+"""kdsl: a Keras-flavoured model language and builder that compiles to ONNX."""
+__version__ = "0.1.0"
+
+from . import layers, utils
+from .errors import KdslError, Span
+from .model import Input, Model, Sequential
+
+__all__ = ["__version__", "KdslError", "Span", "Input", "Model", "Sequential", "layers", "utils"]

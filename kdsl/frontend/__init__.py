@@ -1,0 +1,1 @@
+"""Front ends: .kd source (AST -> IR) and helpers shared with the builder API."""

@@ -1,0 +1,130 @@
+"""Core layers: Dense, Activation, Dropout."""
+from __future__ import annotations
+
+from ..ir import TensorType
+from ..lower.context import CF, CL
+from .activations import AXIS_ACTIVATIONS, canonical_activation, lower_activation
+from .args import check_int, check_rate
+from .base import Layer, ShapeError, register
+
+
+def float_type(t: TensorType, dtype: str = "float32") -> TensorType:
+    return TensorType(dtype, t.shape)
+
+
+def activate(ctx, name: str, x: str, layout: str = CL) -> str:
+    """Apply a (canonical) activation to ONNX value ``x`` held in ``layout``."""
+    return lower_activation(ctx.e, name, x, 1 if layout == CF else -1)
+
+
+@register
+class Dense(Layer):
+    """Densely-connected layer: ``activation(dot(inputs, kernel) + bias)``.
+
+    Args:
+        units: positive int, size of the output's last axis.
+        activation: activation name (default none: linear).
+        use_bias: whether to add a bias vector.
+        kernel_initializer, bias_initializer: initializer names.
+
+    Input shape: ``(batch, ..., input_dim)``. Output shape: ``(batch, ..., units)``.
+    Weights: ``kernel [input_dim, units]``, ``bias [units]``.
+    """
+
+    def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: str = "glorot_uniform", bias_initializer: str = "zeros",
+                 name: str | None = None, trainable: bool = True):
+        super().__init__(name=name, trainable=trainable)
+        self.units = check_int(units, "units")
+        self.activation = canonical_activation(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+
+    def build(self, input_types):
+        t = input_types[0]
+        if t.rank < 2 or not isinstance(t.shape[-1], int):
+            raise ShapeError(f"Dense needs an input whose last axis has a known size. "
+                             f"Received: input shape {t.shape_str()}")
+        self.add_weight("kernel", (t.shape[-1], self.units), self.kernel_initializer)
+        if self.use_bias:
+            self.add_weight("bias", (self.units,), self.bias_initializer)
+
+    def compute_output_types(self, input_types):
+        t = input_types[0]
+        k = self.weights[0].shape[0]
+        if t.rank < 2 or t.shape[-1] != k:
+            raise ShapeError(f"Dense '{self.display_name()}' expects an input whose last axis is {k}. "
+                             f"Received: input shape {t.shape_str()}")
+        return [TensorType(self.dtype, t.shape[:-1] + (self.units,))]
+
+    def lower(self, ctx, node):
+        v = node.inputs[0]
+        x = ctx.input_as(v, self.dtype, CL)
+        e = ctx.e
+        kernel = ctx.weight(self, "kernel")
+        if v.type.rank == 2 and self.use_bias:
+            y = e.op("Gemm", [x, kernel, ctx.weight(self, "bias")])
+        else:
+            y = e.op("MatMul", [x, kernel])
+            if self.use_bias:
+                y = e.op("Add", [y, ctx.weight(self, "bias")])
+        return activate(ctx, self.activation, y)
+
+
+@register
+class Activation(Layer):
+    """Applies an activation function to its input.
+
+    Args:
+        activation: the activation's name, e.g. ``"relu"``.
+
+    Input shape: any. Output shape: as the input.
+    """
+
+    def __init__(self, activation: str, name: str | None = None):
+        super().__init__(name=name)
+        self.activation = canonical_activation(activation)
+
+    def compute_output_types(self, input_types):
+        return [float_type(input_types[0])]
+
+    def lower(self, ctx, node):
+        v = node.inputs[0]
+        if self.activation in AXIS_ACTIVATIONS:
+            x, layout = ctx.get(v, CL), CL
+        else:
+            x, layout = ctx.get_any(v)
+        if v.type.dtype != self.dtype:
+            x = ctx.e.cast(x, self.dtype)
+        return activate(ctx, self.activation, x, layout), layout
+
+
+@register
+class Dropout(Layer):
+    """Randomly sets input units to 0 with frequency ``rate`` during training.
+
+    Units not set to 0 are scaled by ``1 / (1 - rate)``. In inference (export,
+    predict, evaluate) the layer is the identity.
+
+    Args:
+        rate: float in [0, 1), the fraction of the units to drop.
+        noise_shape: optional shape (without batch) of the binary mask.
+        seed: optional int seed.
+    """
+
+    def __init__(self, rate: float, noise_shape: list | None = None, seed: int | None = None,
+                 name: str | None = None):
+        super().__init__(name=name)
+        self.rate = check_rate(rate)
+        self.noise_shape = noise_shape
+        self.seed = seed
+
+    def compute_output_types(self, input_types):
+        return [input_types[0]]
+
+    def lower(self, ctx, node):
+        x, layout = ctx.get_any(node.inputs[0])
+        if not ctx.training or self.rate == 0.0:
+            return x, layout
+        raise NotImplementedError("training-mode Dropout is lowered by the training graph builder")

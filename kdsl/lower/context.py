@@ -1,0 +1,103 @@
+"""Lowering state shared by the layers: where each IR value lives in ONNX, in which layout.
+
+The language is channels-last (Keras); ONNX convolutions are channels-first.
+Every IR value may exist in ONNX in the surface layout (``"cl"``) and/or in the
+channels-first layout (``"cf"``: the last axis moved to axis 1). A layer asks
+for the layout it needs; the context inserts one ``Transpose`` the first time a
+value is asked for in the other layout and reuses it after. Layout-agnostic
+layers (activations, batch norm, residual adds) keep whatever layout they get,
+so a convolutional stack has one transpose at each boundary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..ir import Node, TensorType, Value
+from .emitter import Emitter
+
+if TYPE_CHECKING:
+    from ..layers.base import Layer
+
+__all__ = ["LowerContext", "cl_to_cf", "cf_to_cl", "CL", "CF"]
+
+CL, CF = "cl", "cf"
+
+
+def cl_to_cf(rank: int) -> list[int]:
+    return [0, rank - 1, *range(1, rank - 1)]
+
+
+def cf_to_cl(rank: int) -> list[int]:
+    return [0, *range(2, rank), 1]
+
+
+@dataclass
+class _Placed:
+    names: dict[str, str] = field(default_factory=dict)   # layout -> ONNX name
+
+
+class LowerContext:
+    """What a layer's ``lower`` sees: the emitter, the values, the weights, the mode."""
+
+    def __init__(self, emitter: Emitter, training: bool = False):
+        self.e = emitter
+        self.training = training
+        self.opset = emitter.opset
+        self._placed: dict[int, _Placed] = {}
+        self.types: dict[str, TensorType] = {}    # ONNX name -> IR type (surface layout values)
+
+    # -- values -------------------------------------------------------------------
+    def place(self, v: Value, name: str, layout: str = CL) -> None:
+        self._placed.setdefault(v.id, _Placed()).names[layout] = name
+        if layout == CL:
+            self.types[name] = v.type
+
+    def layouts(self, v: Value) -> dict[str, str]:
+        return self._placed[v.id].names
+
+    def get(self, v: Value, layout: str = CL) -> str:
+        """The ONNX name of ``v`` in ``layout``, transposing once if needed."""
+        names = self._placed[v.id].names
+        if layout in names:
+            return names[layout]
+        if v.type.rank < 3:
+            return names.get(CL) or names[CF]
+        src = CF if layout == CL else CL
+        perm = cl_to_cf(v.type.rank) if layout == CF else cf_to_cl(v.type.rank)
+        name = self.e.transpose(names[src], perm)
+        names[layout] = name
+        if layout == CL:
+            self.types[name] = v.type
+        return name
+
+    def get_any(self, v: Value) -> tuple[str, str]:
+        """``v`` in whichever layout exists (channels-first preferred), and that layout."""
+        names = self._placed[v.id].names
+        if CF in names:
+            return names[CF], CF
+        return names[CL], CL
+
+    def get_same(self, values: list[Value]) -> tuple[list[str], str]:
+        """All ``values`` in one layout: channels-first if all have the same rank >= 3 and
+        at least one already exists channels-first; otherwise channels-last."""
+        ranks = {v.type.rank for v in values}
+        if len(ranks) == 1 and next(iter(ranks)) >= 3 and any(CF in self.layouts(v) for v in values):
+            return [self.get(v, CF) for v in values], CF
+        return [self.get(v, CL) for v in values], CL
+
+    def input_as(self, v: Value, dtype: str, layout: str = CL) -> str:
+        """``v`` in ``layout``, cast to ``dtype`` if it has another dtype."""
+        name = self.get(v, layout)
+        return name if v.type.dtype == dtype else self.e.cast(name, dtype)
+
+    # -- weights -----------------------------------------------------------------------
+    def weight(self, layer: "Layer", wname: str) -> str:
+        """The initializer holding ``layer``'s weight ``wname`` (ONNX layout), added once."""
+        for w in layer.weights:
+            if w.name == wname:
+                return self.e.initializer(f"{layer.name}/{w.name}", layer.onnx_weight(w))
+        raise KeyError(f"{layer.name} has no weight {wname}")
+
+    def has_weight(self, layer: "Layer", wname: str) -> bool:
+        return any(w.name == wname for w in layer.weights)

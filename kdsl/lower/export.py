@@ -1,0 +1,101 @@
+"""IR graph -> onnx.ModelProto (the inference model): a pure function of the graph."""
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import onnx
+from onnx import helper
+
+from ..errors import KdslError
+from ..ir import Graph, TensorType
+from .context import CL, LowerContext
+from .emitter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_DTYPE, Emitter
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["lower_graph", "value_info", "ir_version_for", "check_opset"]
+
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise KdslError(f"Unsupported ONNX opset. Received: opset={opset!r}; expected an int from "
+                        f"{MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET}).")
+    return opset
+
+
+def ir_version_for(opset: int) -> int:
+    """The lowest IR version that carries ``opset`` (so older runtimes load the file)."""
+    best = None
+    for _release, ir, ai_onnx, *_ in helper.VERSION_TABLE:
+        if ai_onnx >= opset and (best is None or ir < best):
+            best = ir
+    return best or onnx.IR_VERSION
+
+
+def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, ONNX_DTYPE[t.dtype], list(t.shape))
+
+
+def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False,
+                metadata: dict[str, str] | None = None, doc: str = "") -> onnx.ModelProto:
+    """Lower ``graph`` (layers already named, weights materialised) to an ONNX model."""
+    from .. import __version__
+
+    check_opset(opset)
+    e = Emitter(opset)
+    ctx = LowerContext(e, training=training)
+    for v in graph.inputs:
+        e.reserve(v.name)
+        ctx.place(v, v.name, CL)
+    out_names = {name for name, _ in graph.outputs}
+    for n in out_names:
+        e.reserve(n)
+    for node in graph.nodes:
+        layer = node.layer
+        with e.scope(layer.name, str(node.span) if node.span else ""):
+            results = layer.lower(ctx, node)
+        if not isinstance(results, (list, tuple)):
+            results = [results]
+        for v, r in zip(node.outputs, results):
+            name, layout = (r, CL) if isinstance(r, str) else r
+            ctx.place(v, name, layout)
+
+    renames: dict[str, str] = {}
+    outputs = []
+    graph_inputs = {v.name for v in graph.inputs}
+    used_as_output: set[str] = set()
+    for name, v in graph.outputs:
+        src = ctx.get(v, CL)
+        if src in graph_inputs or src in used_as_output or src in e.initializers:
+            e.op("Identity", [src], out=name)
+        else:
+            renames[src] = name
+        used_as_output.add(src)
+        outputs.append(value_info(name, v.type))
+    for node in e.nodes:
+        for i, x in enumerate(node.input):
+            if x in renames:
+                node.input[i] = renames[x]
+        for i, x in enumerate(node.output):
+            if x in renames:
+                node.output[i] = renames[x]
+
+    inputs = [value_info(v.name, v.type) for v in graph.inputs]
+    out_set = set(out_names) | graph_inputs
+    infos = [value_info(renames.get(n, n), t) for n, t in ctx.types.items()
+             if renames.get(n, n) not in out_set]
+    g = helper.make_graph(e.nodes, graph.name, inputs, outputs,
+                          initializer=list(e.initializers.values()), value_info=infos, doc_string=doc)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="kdsl", producer_version=__version__,
+                              ir_version=ir_version_for(opset))
+    for k, v in (metadata or {}).items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    return model
+
+
+def source_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
