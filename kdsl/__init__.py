@@ -6,3 +6,6 @@ from .errors import KdslError, Span
 from .model import Input, Model, Sequential
 
 __all__ = ["__version__", "KdslError", "Span", "Input", "Model", "Sequential", "layers", "utils"]
+from .frontend.api import load, loads
+
+__all__ += ["load", "loads"]

@@ -30,7 +30,7 @@ def summary_rows(model: "Model") -> list[dict]:
         seen.add(id(layer))
         rows.append({
             "name": layer.name,
-            "type": type(layer).__name__ if not layer.is_op else f"{layer.display_name()} (op)".split(" ")[0],
+            "type": layer.type_name(),
             "output_shape": ", ".join(v.type.shape_str() for v in node.outputs),
             "params": layer.count_params() if first else 0,
             "connected_to": [producer.get(v.id, "?") for v in node.inputs],

@@ -217,6 +217,10 @@ class Layer:
     def count_params(self) -> int:
         return sum(w.size for w in self.weights)
 
+    def type_name(self) -> str:
+        """What the summary shows as the layer's type (the class; ops show their function)."""
+        return type(self).__name__
+
     def display_name(self) -> str:
         return self.name or snake_case(type(self).__name__)
 
@@ -225,6 +229,8 @@ class Layer:
 
 
 def _same(a: Any, b: Any) -> bool:
+    if a == "linear" and b is None:      # activations: None and "linear" are the same
+        return True
     if isinstance(a, tuple) and isinstance(b, int) and not isinstance(b, bool):
         return all(x == b for x in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):

@@ -50,6 +50,9 @@ class Binary(Layer):
     def display_name(self):
         return self.name or self.op
 
+    def type_name(self):
+        return self.op
+
     def compute_output_types(self, input_types):
         if self.constant is not None:
             return [input_types[0]]
@@ -124,6 +127,9 @@ class ActivationOp(Layer):
     def display_name(self):
         return self.name or self.activation
 
+    def type_name(self):
+        return self.activation
+
     def compute_output_types(self, input_types):
         t = input_types[0]
         if not t.is_float:
@@ -150,6 +156,9 @@ class Mean(Layer):
         super().__init__(name=name)
         self.axis = axis
         self.keepdims = bool(keepdims)
+
+    def type_name(self):
+        return "mean"
 
     def compute_output_types(self, input_types):
         t = input_types[0]

@@ -1,0 +1,1 @@
+"""Training: what train sections say (specs); losses, metrics and optimizers come with training."""
