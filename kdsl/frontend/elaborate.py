@@ -93,6 +93,8 @@ def _kind(v) -> str:
         return f"the block '{v.name}'"
     if isinstance(v, A.ModelDef):
         return f"the model '{v.name}'"
+    if isinstance(v, ModelInstance):
+        return f"the model instance '{v.name}'"
     if isinstance(v, Function):
         return f"the function '{v.name}'"
     if isinstance(v, Symbol):
@@ -106,6 +108,16 @@ def _kind(v) -> str:
     if isinstance(v, list):
         return "a list"
     return f"{type(v).__name__} {v!r}"
+
+
+@dataclass(eq=False)
+class ModelInstance:
+    """``layer enc = encoder(k=v)``: one set of weights shared by every call of ``enc``."""
+    mdef: A.ModelDef
+    kwargs: dict
+    span: Span
+    name: str | None = None
+    graph: Graph | None = None
 
 
 class _Return(Exception):
@@ -153,11 +165,11 @@ class Elaborator:
                           mdef.span, f"model '{mdef.name}'")
         self._run_body(frame, mdef.body)
         if not frame.inputs:
-            raise KdslError(f"Model '{mdef.name}' declares no input; add e.g. `input x: float32[784]`.",
-                            mdef.span)
+            raise KdslError(f"Model '{mdef.name}' declares no input.", mdef.span,
+                            "declare one, e.g. `input x: float32[784]`")
         if not frame.outputs:
-            raise KdslError(f"Model '{mdef.name}' has no output; mark one with `output NAME = ...`.",
-                            mdef.span)
+            raise KdslError(f"Model '{mdef.name}' has no output.", mdef.span,
+                            "mark a result with `output NAME = ...`")
         return Graph.trace(mdef.name, frame.inputs, [(n, v) for n, v, _ in frame.outputs])
 
     # -- parameters ------------------------------------------------------------------------------
@@ -243,6 +255,13 @@ class Elaborator:
             self._input(frame, s)
         elif isinstance(s, A.LayerDecl):
             value = self.eval(s.value, frame)
+            if isinstance(value, A.ModelDef):
+                value = ModelInstance(value, {}, s.span)
+            if isinstance(value, ModelInstance):
+                if value.name is None:
+                    value.name = "/".join(self.scope + (s.name,))
+                frame.vars[s.name] = value
+                return
             if not isinstance(value, Layer):
                 hint = f"to bind a value, write `{s.name} = ...`" if isinstance(value, Value) else None
                 raise KdslError(f"`layer {s.name} = ...` needs a layer such as Dense(64). Received: "
@@ -484,6 +503,8 @@ class Elaborator:
             return result(value, span=stage.span)
         if isinstance(result, (A.BlockDef, A.ModelDef, Function)):
             return self._invoke(result, [(value, stage.span)], {}, stage.span, frame)
+        if isinstance(result, ModelInstance):
+            return self._call_instance(result, [(value, stage.span)], stage.span, frame)
         if isinstance(result, Symbol):
             self._undefined(result, frame)
         raise KdslError(f"A pipeline stage must be a layer, a block, a model or a function. Received: "
@@ -508,8 +529,15 @@ class Elaborator:
             if isinstance(v, Symbol):
                 self._undefined(v, frame)
             return callee(v, span=e.span)
+        if isinstance(callee, A.ModelDef) and not args:
+            return ModelInstance(callee, kwargs, e.span)
         if isinstance(callee, (A.BlockDef, A.ModelDef, Function)):
             return self._invoke(callee, args, kwargs, e.span, frame)
+        if isinstance(callee, ModelInstance):
+            if kwargs:
+                raise KdslError(f"Model instance '{callee.name}' is already configured; call it on tensors "
+                                "only.", e.span)
+            return self._call_instance(callee, args, e.span, frame)
         if isinstance(callee, Symbol):
             raise KdslError(f"Unknown layer or function '{callee.name}'.", callee.span,
                             did_you_mean(callee.name, self._names_in_scope(frame)))
@@ -595,8 +623,8 @@ class Elaborator:
             return self._call_function(callee, args, kwargs, span, frame)
         self.depth += 1
         if self.depth > limits.MAX_CALL_DEPTH:
-            raise KdslError(f"Calls nest deeper than {limits.MAX_CALL_DEPTH} levels (is '{callee.name}' "
-                            "recursive without a stopping condition?).", span)
+            raise KdslError(f"Calls nest deeper than {limits.MAX_CALL_DEPTH} levels.", span,
+                            f"is '{callee.name}' recursive without a stopping condition?")
         old_scope = self.scope
         counts = self._scope_counts.setdefault(self.scope, {})
         n = counts.get(callee.name, 0)
@@ -609,6 +637,36 @@ class Elaborator:
         finally:
             self.scope = old_scope
             self.depth -= 1
+
+    def _call_instance(self, inst: ModelInstance, args, span: Span, frame):
+        from .inline import inline_graph
+
+        tensors = []
+        for v, sp in args:
+            if isinstance(v, list) and len(args) == 1:
+                tensors.extend(v)
+            elif isinstance(v, Value):
+                tensors.append(v)
+            else:
+                raise KdslError(f"Model instance '{inst.name}' is called on tensors. Received: {_kind(v)}", sp)
+        if inst.graph is None:   # elaborate once, on fresh inputs shaped like the first call's
+            fresh = [Value(t.type, None, 0, name=f"in{i}", span=span) for i, t in enumerate(tensors)]
+            old_scope, self.scope = self.scope, tuple(inst.name.split("/"))
+            self.depth += 1
+            try:
+                if self.depth > limits.MAX_CALL_DEPTH:
+                    raise KdslError(f"Calls nest deeper than {limits.MAX_CALL_DEPTH} levels.", span)
+                sub = Frame("model", inst.mdef.name, self.module_of(inst.mdef), bound_inputs=fresh)
+                self._bind_params(sub, inst.mdef.params, [], inst.kwargs, inst.span, f"model '{inst.mdef.name}'")
+                self._run_body(sub, inst.mdef.body)
+            finally:
+                self.scope = old_scope
+                self.depth -= 1
+            if len(sub.inputs) != len(tensors):
+                raise KdslError(f"Model '{inst.mdef.name}' takes {len(sub.inputs)} inputs. "
+                                f"Received: {len(tensors)}.", span)
+            inst.graph = Graph.trace(inst.mdef.name, fresh, [(n, v) for n, v, _ in sub.outputs])
+        return inline_graph(inst.graph, tensors, span)
 
     def _call_block(self, b: A.BlockDef, args, kwargs, span):
         frame = Frame("block", b.name, self.module_of(b))

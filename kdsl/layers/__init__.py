@@ -4,7 +4,7 @@
 ``x -> Dense(128, activation=relu)`` in a ``.kd`` file: the same class.
 """
 from .base import LAYERS, Layer, Weight
-from .core import Activation, Dense, Dropout
+from .core import Activation, Dense, Dropout, Rescaling
 
 from . import ops  # noqa: F401  (registers nothing; functions of the language)
 

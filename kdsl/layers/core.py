@@ -128,3 +128,35 @@ class Dropout(Layer):
         if not ctx.training or self.rate == 0.0:
             return x, layout
         raise NotImplementedError("training-mode Dropout is lowered by the training graph builder")
+
+
+@register
+class Rescaling(Layer):
+    """Multiplies inputs by ``scale`` and adds ``offset`` (e.g. ``Rescaling(1/255)`` for images).
+
+    Args:
+        scale: float multiplier.
+        offset: float added after scaling.
+
+    Input shape: any. Output shape: as the input, float32.
+    """
+
+    def __init__(self, scale: float, offset: float = 0.0, name: str | None = None):
+        super().__init__(name=name)
+        from .args import check_float
+
+        self.scale = check_float(scale, "scale")
+        self.offset = check_float(offset, "offset")
+
+    def compute_output_types(self, input_types):
+        return [float_type(input_types[0], self.dtype)]
+
+    def lower(self, ctx, node):
+        v = node.inputs[0]
+        x, layout = ctx.get_any(v)
+        if v.type.dtype != self.dtype:
+            x = ctx.e.cast(x, self.dtype)
+        y = ctx.e.op("Mul", [x, ctx.e.scalar(self.scale)])
+        if self.offset:
+            y = ctx.e.op("Add", [y, ctx.e.scalar(self.offset)])
+        return y, layout

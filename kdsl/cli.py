@@ -1,0 +1,143 @@
+"""The ``kdsl`` command line: compile, check and summarise ``.kd`` files.
+
+Exit codes: 0 ok, 1 user error (bad file, bad flag), 2 internal error (a bug in kdsl).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from . import __version__
+from .errors import KdslError, _stream_wants_color
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # a bad flag is a user error: exit 1, not argparse's 2
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USER)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="the .kd file")
+    p.add_argument("--model", help="which model to use when the file defines several")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a compile-time parameter of the model (repeatable)")
+    p.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="a directory imports may read from (default: the file's directory; repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="weight-initialisation seed (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kdsl", description="Compile Keras-flavoured .kd model files to ONNX.")
+    parser.add_argument("--version", action="version", version=f"kdsl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("compile", help="compile a model to ONNX",
+                       description="Compile a model of a .kd file to an ONNX inference model.")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", default=None,
+                   help="output .onnx file, or a directory to write <model>.onnx into (default: .)")
+    p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17-21, default 17)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("check", help="check a .kd file (syntax, names, shapes) without writing anything",
+                       description="Parse and shape-check every model of a .kd file. Exit 0 when clean, "
+                                   "1 with the error otherwise.")
+    p.add_argument("file", help="the .kd file")
+    p.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="a directory imports may read from (repeatable)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("summary", help="print a Keras-style summary of a model",
+                       description="Print the layers, output shapes and parameter counts of a model.")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def _params(items: list[str]) -> dict:
+    from .frontend.api import parse_param_value
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise KdslError(f"--param expects NAME=VALUE. Received: {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_param_value(v)
+    return out
+
+
+def _load(args):
+    from .frontend.api import compile_file
+
+    cf = compile_file(args.file, args.root or None)
+    return cf, cf.build(args.model, _params(args.param), args.seed)
+
+
+def cmd_compile(args) -> int:
+    from .lower import DEFAULT_OPSET
+
+    _, model = _load(args)
+    out = args.output or "."
+    if out.endswith(".onnx"):
+        path = out
+    else:
+        path = os.path.join(out, f"{model.name}.onnx")
+    model.export(path, opset=args.opset or DEFAULT_OPSET)
+    print(f"wrote {path}  ({model.count_params():,} parameters, opset {args.opset or DEFAULT_OPSET})")
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from .frontend.api import compile_file
+
+    cf = compile_file(args.file, args.root or None)
+    built = cf.check()
+    skipped = [m for m in cf.model_names if m not in built]
+    msg = f"{args.file}: ok ({len(cf.model_names)} model{'s' if len(cf.model_names) != 1 else ''}"
+    if skipped:
+        msg += f"; not built, parameters without defaults: {', '.join(skipped)}"
+    print(msg + ")")
+    return EXIT_OK
+
+
+def cmd_summary(args) -> int:
+    _, model = _load(args)
+    model.summary()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return args.func(args)
+    except KdslError as e:
+        print(e.render(color=_stream_wants_color(sys.stderr)), file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_USER
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception:  # a bug in kdsl: say so, keep the traceback for the report
+        traceback.print_exc()
+        print(f"kdsl {__version__}: internal error; please report it with the file that caused it.",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
