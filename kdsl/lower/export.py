@@ -56,7 +56,7 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False
         layer = node.layer
         with e.scope(layer.name, str(node.span) if node.span else ""):
             results = layer.lower(ctx, node)
-        if not isinstance(results, (list, tuple)):
+        if not isinstance(results, list):   # one output: a name, or (name, layout)
             results = [results]
         for v, r in zip(node.outputs, results):
             name, layout = (r, CL) if isinstance(r, str) else r
