@@ -6,7 +6,7 @@ front end; both produce the same IR, so they export the same ONNX.
 """
 from __future__ import annotations
 
-import math
+import itertools
 import zlib
 from typing import Any, Sequence
 
@@ -19,6 +19,8 @@ from .layers.base import Layer, python_call_site, snake_case
 from .layers.initializers import get_initializer
 
 __all__ = ["Input", "Model", "Sequential"]
+
+_fresh_dims = itertools.count(1)   # each unnamed (None) input dim is its own symbol
 
 
 def Input(shape: Sequence[int | str | None], dtype: str = "float32", name: str | None = None,
@@ -40,7 +42,7 @@ def Input(shape: Sequence[int | str | None], dtype: str = "float32", name: str |
     dims: list = [BATCH if batch_size is None else batch_size]
     for i, d in enumerate(shape):
         if d is None:
-            dims.append(f"dim{i + 1}")
+            dims.append(f"dim{next(_fresh_dims)}")
         elif isinstance(d, str) and d.isidentifier():
             dims.append(d)
         elif isinstance(d, int) and not isinstance(d, bool) and 0 < d <= limits.MAX_DIM:

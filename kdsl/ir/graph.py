@@ -82,6 +82,9 @@ class Value:
     def __truediv__(self, o):
         return self._binary("div", o)
 
+    def __rtruediv__(self, o):
+        return self._binary("div", o, True)
+
     def __matmul__(self, o):
         return self._binary("matmul", o)
 

@@ -121,14 +121,19 @@ class Layer:
         return cfg
 
     def non_default_config(self) -> dict[str, Any]:
-        """The arguments that differ from their defaults (for ``to_kd`` and summaries)."""
-        out = {}
+        """The arguments that differ from their defaults (for ``to_kd`` and summaries).
+
+        Defaults are compared after the layer's own normalisation, by building a reference
+        layer from the required arguments alone.
+        """
+        cfg = self.get_config()
         params = self.signature().parameters
-        for k, v in self.get_config().items():
-            p = params[k]
-            if p.default is inspect.Parameter.empty or not _same(v, p.default):
-                out[k] = v
-        return out
+        required = {k: v for k, v in cfg.items() if params[k].default is inspect.Parameter.empty}
+        try:
+            ref = type(self)(**required).get_config()
+        except Exception:  # a layer whose defaults cannot be rebuilt: compare with raw defaults
+            ref = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+        return {k: v for k, v in cfg.items() if k in required or k not in ref or not _same(v, ref[k])}
 
     def add_weight(self, name: str, shape: Sequence[int], initializer: str = "glorot_uniform",
                    trainable: bool = True, dtype: str = "float32") -> Weight:

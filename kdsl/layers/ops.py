@@ -102,12 +102,25 @@ def binary_op(op: str, a: Any, b: Any, span=None) -> Value:
     if op == "matmul":
         raise KdslError("'@' needs two tensors. Received: a tensor and a number.", span)
     if isinstance(a, Value) and _is_number(b):
-        return Binary(op, constant=float(b) if a.type.is_float else int(b))([a], span=span)
+        return Binary(op, constant=_constant_for(a, b, op, span))([a], span=span)
     if isinstance(b, Value) and _is_number(a):
-        return Binary(op, constant=float(a) if b.type.is_float else int(a), const_first=True)([b], span=span)
+        return Binary(op, constant=_constant_for(b, a, op, span), const_first=True)([b], span=span)
     other = b if isinstance(a, Value) else a
     raise KdslError(f"Unsupported operand for '{_SYMBOL.get(op, op)}': expected a tensor or a number. "
                     f"Received: {type(other).__name__} {other!r:.40}", span)
+
+
+def _constant_for(t: Value, c, op: str, span):
+    """A number as a constant of the tensor's dtype; refuse what would silently truncate."""
+    if t.type.is_float:
+        return float(c)
+    if op == "div":
+        raise KdslError(f"'/' on an integer tensor ({t.type}) would truncate; cast it to float first, "
+                        "e.g. with a float32 input.", span)
+    if float(c) != int(c):
+        raise KdslError(f"Cannot combine the integer tensor {t.type} with the non-integer number {c!r}; "
+                        "it would be truncated.", span)
+    return int(c)
 
 
 def _is_number(x) -> bool:

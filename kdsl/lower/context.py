@@ -45,13 +45,19 @@ class LowerContext:
         self.training = training
         self.opset = emitter.opset
         self._placed: dict[int, _Placed] = {}
-        self.types: dict[str, TensorType] = {}    # ONNX name -> IR type (surface layout values)
+        self.types: dict[str, TensorType] = {}    # ONNX name -> type of the value it holds
 
     # -- values -------------------------------------------------------------------
     def place(self, v: Value, name: str, layout: str = CL) -> None:
         self._placed.setdefault(v.id, _Placed()).names[layout] = name
-        if layout == CL:
+        self._record(v, name, layout)
+
+    def _record(self, v: Value, name: str, layout: str) -> None:
+        """Remember ``name``'s type (in its layout) for value_info and the shape-agreement tests."""
+        if layout == CL or v.type.rank < 3:
             self.types[name] = v.type
+        else:
+            self.types[name] = v.type.with_shape([v.type.shape[i] for i in cl_to_cf(v.type.rank)])
 
     def layouts(self, v: Value) -> dict[str, str]:
         return self._placed[v.id].names
@@ -67,8 +73,7 @@ class LowerContext:
         perm = cl_to_cf(v.type.rank) if layout == CF else cf_to_cl(v.type.rank)
         name = self.e.transpose(names[src], perm)
         names[layout] = name
-        if layout == CL:
-            self.types[name] = v.type
+        self._record(v, name, layout)
         return name
 
     def get_any(self, v: Value) -> tuple[str, str]:

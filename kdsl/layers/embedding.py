@@ -1,0 +1,51 @@
+"""Embedding: turns integer indices into dense vectors of fixed size."""
+from __future__ import annotations
+
+from ..ir import TensorType
+from ..lower.context import CL
+from .args import check_int
+from .base import Layer, register
+
+__all__ = ["Embedding"]
+
+
+@register
+class Embedding(Layer):
+    """Turns non-negative integers (indices) into dense vectors of fixed size.
+
+    E.g. ``[[4], [20]] -> [[[0.25, 0.1]], [[0.6, -0.2]]]``.
+
+    Args:
+        input_dim: positive int, size of the vocabulary (largest index + 1).
+        output_dim: positive int, dimension of the dense embedding.
+        embeddings_initializer: initializer name for the embeddings matrix.
+        mask_zero: whether index 0 is a padding value to be masked out (stored;
+            masking is not applied yet).
+
+    Input shape: ``(batch, ...)`` of indices, int32 or int64 (other dtypes are
+    cast to int64, as Keras casts them to an integer type).
+    Output shape: ``(batch, ..., output_dim)``, float32.
+    Weights: ``embeddings [input_dim, output_dim]``.
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, embeddings_initializer: str = "uniform",
+                 mask_zero: bool = False, name: str | None = None, trainable: bool = True):
+        super().__init__(name=name, trainable=trainable)
+        self.input_dim = check_int(input_dim, "input_dim")
+        self.output_dim = check_int(output_dim, "output_dim")
+        self.embeddings_initializer = embeddings_initializer
+        self.mask_zero = bool(mask_zero)
+
+    def build(self, input_types):
+        self.add_weight("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)
+
+    def compute_output_types(self, input_types):
+        t = input_types[0]
+        return [TensorType(self.dtype, t.shape + (self.output_dim,))]
+
+    def lower(self, ctx, node):
+        v = node.inputs[0]
+        idx = ctx.get(v, CL)
+        if not v.type.is_int:
+            idx = ctx.e.cast(idx, "int64")
+        return ctx.e.op("Gather", [ctx.weight(self, "embeddings"), idx], axis=0)
