@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the layers, output shapes and parameter counts of a model.")
     _add_model_args(p)
     p.set_defaults(func=cmd_summary)
+
+    # command families that live in their own modules: each defines add_commands(sub)
+    for mod in ("kdsl.cli_train", "kdsl.cli_view"):
+        try:
+            module = __import__(mod, fromlist=["add_commands"])
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        module.add_commands(sub, _add_model_args)
     return parser
 
 
