@@ -1,6 +1,8 @@
 """Core layers: Dense, Activation, Dropout."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir import TensorType
 from ..lower.context import CF, CL
 from .activations import AXIS_ACTIVATIONS, canonical_activation, lower_activation
@@ -124,10 +126,58 @@ class Dropout(Layer):
         return [input_types[0]]
 
     def lower(self, ctx, node):
-        x, layout = ctx.get_any(node.inputs[0])
+        v = node.inputs[0]
+        x, layout = ctx.get_any(v)
         if not ctx.training or self.rate == 0.0:
             return x, layout
-        raise NotImplementedError("training-mode Dropout is lowered by the training graph builder")
+        e = ctx.e
+        if self.noise_shape is not None:
+            if layout != CL:
+                x, layout = ctx.get(v, CL), CL
+            dims = list(self.noise_shape)
+            if len(dims) == v.type.rank - 1:
+                dims = [None] + dims
+            shape_x = e.op("Shape", [x])
+            parts = [e.op("Gather", [shape_x, e.ints([i])]) if d is None else e.ints([int(d)])
+                     for i, d in enumerate(dims)]
+            mask_shape = e.op("Concat", parts, axis=0)
+        else:
+            mask_shape = e.op("Shape", [x])
+        u = uniform_hash(e, mask_shape, ctx.step, _salt(self))
+        keep = e.op("Cast", [e.op("GreaterOrEqual", [u, e.scalar(self.rate)])], to=1)
+        mask = e.op("Mul", [keep, e.scalar(1.0 / (1.0 - self.rate))])
+        return e.op("Mul", [x, mask]), layout
+
+
+def _salt(layer: Layer) -> int:
+    import zlib
+
+    from ..utils import get_random_seed
+
+    base = layer.seed if getattr(layer, "seed", None) is not None else get_random_seed()
+    return (zlib.crc32(f"{layer.name}".encode()) + 7919 * int(base)) % 2147483647
+
+
+_P = 2147483647   # 2^31 - 1, prime
+
+
+def uniform_hash(e, shape: str, step: str, salt: int) -> str:
+    """Uniform [0, 1) noise of ``shape`` from a counter-based hash of (element index, step, salt).
+
+    Plain int64 ONNX ops (no RNG op), so a training step's randomness is a pure function of the
+    step counter: runs are reproducible and a resumed run draws the same masks.
+    """
+    n = e.op("ReduceProd", [shape], keepdims=1)
+    idx = e.op("Range", [e.const(np.asarray(0, np.int64)), e.op("Squeeze", [n]), e.const(np.asarray(1, np.int64))])
+    s = e.op("Cast", [step], to=7)
+    p = e.const(np.asarray(_P, np.int64))
+    h = e.op("Add", [e.op("Mul", [e.op("Mod", [idx, p]), e.const(np.asarray(16807, np.int64))]),
+                     e.op("Mul", [e.op("Mod", [s, p]), e.const(np.asarray(48271, np.int64))])])
+    h = e.op("Mod", [e.op("Add", [h, e.const(np.asarray(salt, np.int64))]), p])
+    for c in (1013904223, 362436069):   # two rounds of the quadratic map h -> h^2 + c (mod p)
+        h = e.op("Mod", [e.op("Add", [e.op("Mul", [h, h]), e.const(np.asarray(c, np.int64))]), p])
+    u = e.op("Div", [e.op("Cast", [h], to=1), e.scalar(float(_P))])
+    return e.op("Reshape", [u, shape])
 
 
 @register

@@ -1,4 +1,4 @@
-"""Normalization layers: BatchNormalization, LayerNormalization (inference lowering)."""
+"""Normalization layers: BatchNormalization (inference and training), LayerNormalization."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,12 +23,6 @@ def _norm_axis(axis: int, shape_str: str, rank: int, layer: str) -> int:
                          f"[{-(rank - 1)}, -1] or [1, {rank - 1}]. Received: axis={axis} for an input "
                          f"of shape {shape_str}")
     return axis % rank
-
-
-def _no_training(ctx, layer: Layer) -> None:
-    if ctx.training:
-        raise NotImplementedError(f"training-mode {type(layer).__name__} is lowered by the training "
-                                  "graph builder")
 
 
 @register
@@ -92,7 +86,6 @@ class BatchNormalization(Layer):
         return [float_type(t, self.dtype)]
 
     def lower(self, ctx, node):
-        _no_training(ctx, self)
         v, e = node.inputs[0], ctx.e
         rank = v.type.rank
         a = self.axis % rank
@@ -104,6 +97,8 @@ class BatchNormalization(Layer):
         gamma = ctx.weight(self, "gamma") if self.scale else None
         beta = ctx.weight(self, "beta") if self.center else None
         mean, var = ctx.weight(self, "moving_mean"), ctx.weight(self, "moving_variance")
+        if ctx.training:
+            return [(self._lower_training(ctx, x, pos, rank, c, gamma, beta, mean, var), layout)]
         if pos == 1:   # ONNX's own layout (N, C, ...): one node
             gamma = gamma or e.const(np.ones(c, self.dtype), hint="ones")
             beta = beta or e.const(np.zeros(c, self.dtype), hint="zeros")
@@ -118,6 +113,29 @@ class BatchNormalization(Layer):
             inv = e.reshape(inv, [c] + [1] * (rank - 1 - pos))
             shift = e.reshape(shift, [c] + [1] * (rank - 1 - pos))
         return [(e.op("Add", [e.op("Mul", [x, inv]), shift]), layout)]
+
+
+    def _lower_training(self, ctx, x, pos, rank, c, gamma, beta, moving_mean, moving_var):
+        """Batch statistics (Keras: biased variance) and moving-average updates of the state."""
+        e = ctx.e
+        axes = [i for i in range(rank) if i != pos]
+        mean = e.reduce("ReduceMean", x, axes, keepdims=True)
+        d = e.op("Sub", [x, mean])
+        var = e.reduce("ReduceMean", e.op("Mul", [d, d]), axes, keepdims=True)
+        inv = e.op("Reciprocal", [e.op("Sqrt", [e.op("Add", [var, e.scalar(self.epsilon, self.dtype)])])])
+        bshape = [1] * rank
+        bshape[pos] = c
+        if gamma:
+            inv = e.op("Mul", [inv, e.reshape(gamma, bshape)])
+        y = e.op("Mul", [d, inv])
+        if beta:
+            y = e.op("Add", [y, e.reshape(beta, bshape)])
+        m = self.momentum
+        for wname, old, batch in (("moving_mean", moving_mean, mean), ("moving_variance", moving_var, var)):
+            flat = e.reshape(batch, [c])
+            new = e.op("Add", [e.op("Mul", [old, e.scalar(m)]), e.op("Mul", [flat, e.scalar(1.0 - m)])])
+            ctx.update_state(self, wname, new)
+        return y
 
 
 @register
@@ -191,7 +209,6 @@ class LayerNormalization(Layer):
         return [float_type(t, self.dtype)]
 
     def lower(self, ctx, node):
-        _no_training(ctx, self)
         v, e = node.inputs[0], ctx.e
         t = v.type
         x = ctx.input_as(v, self.dtype, CL)

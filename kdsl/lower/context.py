@@ -40,10 +40,17 @@ class _Placed:
 class LowerContext:
     """What a layer's ``lower`` sees: the emitter, the values, the weights, the mode."""
 
-    def __init__(self, emitter: Emitter, training: bool = False):
+    def __init__(self, emitter: Emitter, training: bool = False, weights_as_inputs: bool = False):
         self.e = emitter
         self.training = training
         self.opset = emitter.opset
+        #: training graphs take weights as graph inputs (state) instead of initializers
+        self.weights_as_inputs = weights_as_inputs
+        self.weight_inputs: dict[str, tuple["Layer", object]] = {}   # input name -> (layer, Weight)
+        #: state updates made in training mode: weight input name -> ONNX name of its new value
+        self.state_updates: dict[str, str] = {}
+        #: the step counter (float32 scalar, 1-based) in training graphs; seeds dropout masks
+        self.step: str | None = None
         self._placed: dict[int, _Placed] = {}
         self.types: dict[str, TensorType] = {}    # ONNX name -> type of the value it holds
 
@@ -101,8 +108,17 @@ class LowerContext:
         """The initializer holding ``layer``'s weight ``wname`` (ONNX layout), added once."""
         for w in layer.weights:
             if w.name == wname:
-                return self.e.initializer(f"{layer.name}/{w.name}", layer.onnx_weight(w))
+                name = f"{layer.name}/{w.name}"
+                if self.weights_as_inputs:
+                    self.e.reserve(name)
+                    self.weight_inputs[name] = (layer, w)
+                    return name
+                return self.e.initializer(name, layer.onnx_weight(w))
         raise KeyError(f"{layer.name} has no weight {wname}")
+
+    def update_state(self, layer: "Layer", wname: str, new_value: str) -> None:
+        """Training mode: ``new_value`` is the next value of ``layer``'s non-trainable ``wname``."""
+        self.state_updates[f"{layer.name}/{wname}"] = new_value
 
     def has_weight(self, layer: "Layer", wname: str) -> bool:
         return any(w.name == wname for w in layer.weights)

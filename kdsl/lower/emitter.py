@@ -40,6 +40,7 @@ class Emitter:
         self._names: set[str] = set()
         self._node_names: set[str] = set()
         self._consts: dict[tuple, str] = {}
+        self._const_values: dict[str, np.ndarray] = {}
         self._prefix = ""
         self._doc = ""
 
@@ -102,7 +103,12 @@ class Emitter:
                                 value=numpy_helper.from_array(arr, name))
         self.nodes.append(node)
         self._consts[key] = name
+        self._const_values[name] = arr
         return name
+
+    def constant_value(self, name: str) -> np.ndarray | None:
+        """The value of a constant emitted by :meth:`const` (``None`` for other values)."""
+        return self._const_values.get(name)
 
     def initializer(self, name: str, array: np.ndarray) -> str:
         """Store a weight as an initializer under exactly ``name`` (once)."""

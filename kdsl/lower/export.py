@@ -15,7 +15,7 @@ from .emitter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_DTYPE, Emitter
 if TYPE_CHECKING:
     pass
 
-__all__ = ["lower_graph", "value_info", "ir_version_for", "check_opset"]
+__all__ = ["lower_graph", "lower_body", "value_info", "ir_version_for", "check_opset", "make_model"]
 
 
 def check_opset(opset: int) -> int:
@@ -38,20 +38,12 @@ def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, ONNX_DTYPE[t.dtype], list(t.shape))
 
 
-def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False,
-                metadata: dict[str, str] | None = None, doc: str = "") -> onnx.ModelProto:
-    """Lower ``graph`` (layers already named, weights materialised) to an ONNX model."""
-    from .. import __version__
-
-    check_opset(opset)
-    e = Emitter(opset)
-    ctx = LowerContext(e, training=training)
+def lower_body(ctx: LowerContext, graph: Graph) -> None:
+    """Place the graph's inputs under their names and lower every node, in order."""
+    e = ctx.e
     for v in graph.inputs:
         e.reserve(v.name)
         ctx.place(v, v.name, CL)
-    out_names = {name for name, _ in graph.outputs}
-    for n in out_names:
-        e.reserve(n)
     for node in graph.nodes:
         layer = node.layer
         with e.scope(layer.name, str(node.span) if node.span else ""):
@@ -61,6 +53,18 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False
         for v, r in zip(node.outputs, results):
             name, layout = (r, CL) if isinstance(r, str) else r
             ctx.place(v, name, layout)
+
+
+def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False,
+                metadata: dict[str, str] | None = None, doc: str = "") -> onnx.ModelProto:
+    """Lower ``graph`` (layers already named, weights materialised) to an ONNX model."""
+    check_opset(opset)
+    e = Emitter(opset)
+    ctx = LowerContext(e, training=training)
+    out_names = {name for name, _ in graph.outputs}
+    for n in out_names:
+        e.reserve(n)
+    lower_body(ctx, graph)
 
     renames: dict[str, str] = {}
     outputs = []
@@ -88,6 +92,13 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False
              if renames.get(n, n) not in out_set]
     g = helper.make_graph(e.nodes, graph.name, inputs, outputs,
                           initializer=list(e.initializers.values()), value_info=infos, doc_string=doc)
+    return make_model(g, opset, metadata)
+
+
+def make_model(g: onnx.GraphProto, opset: int, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """Wrap a graph as a model: opset, producer, IR version, metadata."""
+    from .. import __version__
+
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="kdsl", producer_version=__version__,
                               ir_version=ir_version_for(opset))

@@ -216,11 +216,33 @@ def test_batchnorm_errors():
         BatchNormalization(momentum="high")
 
 
-def test_training_lowering_is_not_this_layers_job():
-    for layer in (BatchNormalization(), LayerNormalization()):
-        x = kdsl.Input((3, 4))
-        with pytest.raises(NotImplementedError):
-            kdsl.Model(x, layer(x)).to_onnx(training=True)
+def test_training_mode_uses_batch_statistics_and_updates_moving_averages():
+    """In the training step, BatchNormalization normalises with the batch's mean and biased
+    variance and moves the moving statistics by Keras's rule (momentum 0.9 here)."""
+    import onnxruntime as ort
+
+    from kdsl.lower.training import TrainSetup, build_training
+    from kdsl.train.losses import get_loss
+    from kdsl.train.optimizers import SGD
+
+    x = kdsl.Input((3, 4), name="x")
+    bn = BatchNormalization(momentum=0.9)
+    model = kdsl.Model(x, {"y": bn(x)})
+    gamma, beta = RNG.normal(size=4).astype("float32"), RNG.normal(size=4).astype("float32")
+    mm, mv = RNG.normal(size=4).astype("float32"), RNG.uniform(0.5, 2, size=4).astype("float32")
+    bn.set_weights([gamma, beta, mm, mv])
+    prog = build_training(model, TrainSetup({"y": get_loss("mse")}, {}, {"y": []}, SGD(0.0)))
+    sess = ort.InferenceSession(prog.train.SerializeToString(), providers=["CPUExecutionProvider"])
+    X = RNG.normal(size=(5, 3, 4)).astype("float32")
+    feeds = {"x": X, "target:y": np.zeros_like(X), "sample_weight:y": np.ones(5, "float32"),
+             "lr": np.array(0.0, "float32"), "step": np.array(1.0, "float32")}
+    feeds.update({s.name: s.value for s in prog.state})
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    mean, var = X.mean(axis=(0, 1)), X.var(axis=(0, 1))
+    y = (X - mean) / np.sqrt(var + 1e-3) * gamma + beta
+    assert_close(out["loss"], np.mean((y - 0) ** 2), rtol=1e-4)
+    assert_close(out["batch_normalization/moving_mean:new"], 0.9 * mm + 0.1 * mean, rtol=1e-5)
+    assert_close(out["batch_normalization/moving_variance:new"], 0.9 * mv + 0.1 * var, rtol=1e-5)
 
 
 # -- LayerNormalization -----------------------------------------------------------------------
