@@ -7,5 +7,6 @@ from .model import Input, Model, Sequential
 
 __all__ = ["__version__", "KdslError", "Span", "Input", "Model", "Sequential", "layers", "utils"]
 from .frontend.api import load, loads
+from .runtime.checkpoint import load_model
 
-__all__ += ["load", "loads"]
+__all__ += ["load", "loads", "load_model"]

@@ -17,6 +17,7 @@ from .errors import KdslError, Span
 from .ir import BATCH, DTYPES, Graph, TensorType, Value
 from .layers.base import Layer, python_call_site, snake_case
 from .layers.initializers import get_initializer
+from .train.fit import TrainingMixin
 
 __all__ = ["Input", "Model", "Sequential"]
 
@@ -53,7 +54,7 @@ def Input(shape: Sequence[int | str | None], dtype: str = "float32", name: str |
     return Value(TensorType(dtype, tuple(dims)), None, 0, name=name, span=span)
 
 
-class Model:
+class Model(TrainingMixin):
     """A model: inputs, outputs, and the layers between them.
 
     ``Model(inputs, outputs, name=None)`` is Keras's functional API: ``inputs``
@@ -139,6 +140,8 @@ class Model:
             layer.set_weights(weights[i:i + k])
             i += k
         self._session = None
+        if getattr(self, "_trainer", None) is not None:
+            self._trainer.reset_state(self._trainer.slot_values())
 
     def count_params(self) -> int:
         return sum(layer.count_params() for layer in self.graph.layers())

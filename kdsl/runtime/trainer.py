@@ -1,0 +1,269 @@
+"""fit / evaluate on onnxruntime with the portable training graphs.
+
+The trainer owns the sessions and the training state. Weights, non-trainable state and
+optimizer slots live as OrtValues between steps and are bound with IOBinding, so a step
+copies the batch in and the loss and metric sums out; ``X:new`` outputs become the next
+step's ``X`` inputs. Weights go back into the model (Keras layout) at the end of each epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import KdslError
+from ..ir import DTYPES, TensorType
+from .session import as_feeds, resolve_providers
+
+if TYPE_CHECKING:
+    from ..lower.training import TrainingProgram, TrainSetup
+    from ..model import Model
+
+__all__ = ["Trainer", "keras_from_onnx", "prepare_targets"]
+
+
+def keras_from_onnx(layer, w, array: np.ndarray) -> np.ndarray:
+    """Invert ``layer.onnx_weight`` (a permutation/reshape of the Keras array) for one weight."""
+    probe_src = np.arange(w.size, dtype=np.float64).reshape(w.shape)
+    saved = w.value
+    w.value = probe_src
+    try:
+        probe = np.asarray(layer.onnx_weight(w))
+    finally:
+        w.value = saved
+    if probe.size != w.size:
+        raise KdslError(f"Internal: weight layout of {layer.name}/{w.name} is not a permutation.")
+    index = probe.reshape(-1).astype(np.int64)
+    out = np.empty(w.size, dtype=array.dtype)
+    out[index] = np.asarray(array).reshape(-1)
+    return out.reshape(w.shape)
+
+
+def prepare_targets(y, outputs: list[tuple[str, TensorType]], n: int, what: str = "y") -> dict[str, np.ndarray]:
+    """Targets by output name, reshaped/cast to the loss's target type, checked against ``n``."""
+    names = [o for o, _ in outputs]
+    if isinstance(y, dict):
+        missing = [o for o in names if o not in y]
+        unknown = sorted(set(y) - set(names))
+        if unknown:
+            raise KdslError(f"`{what}` has keys {unknown} that are not outputs with a loss {names}.")
+        if missing:
+            raise KdslError(f"`{what}` lacks targets for outputs {missing}.")
+        arrays = [y[o] for o in names]
+    elif isinstance(y, (list, tuple)) and len(names) > 1:
+        if len(y) != len(names):
+            raise KdslError(f"The model trains {len(names)} outputs {names}; `{what}` must have "
+                            f"{len(names)} arrays. Received: {len(y)}.")
+        arrays = list(y)
+    else:
+        if len(names) != 1:
+            raise KdslError(f"The model trains {len(names)} outputs {names}; pass `{what}` as a list or a "
+                            "dict by output name.")
+        arrays = [y]
+    out = {}
+    for (name, t), a in zip(outputs, arrays):
+        a = np.asarray(a)
+        if a.shape[:1] != (n,):
+            raise KdslError(f"`{what}` for output '{name}' has {a.shape[0] if a.ndim else 0} samples; "
+                            f"the inputs have {n}.")
+        want = tuple(t.shape[1:])
+        if a.ndim == t.rank + 1 and a.shape[-1] == 1:
+            a = a.reshape(a.shape[:-1])
+        if a.ndim == t.rank - 1 and t.rank >= 2 and t.shape[-1] == 1:
+            a = a.reshape(a.shape + (1,))
+        if a.ndim != t.rank or any(isinstance(w_, int) and g != w_ for g, w_ in zip(a.shape[1:], want)):
+            raise KdslError(f"Targets for output '{name}' must have shape {t.shape_str()} ({t.dtype}). "
+                            f"Received: shape {a.shape}.",
+                            hint="for sparse_categorical_crossentropy pass integer labels; for "
+                                 "categorical_crossentropy one-hot rows (kdsl.utils.to_categorical)")
+        if t.is_int and a.dtype.kind == "f":
+            if not np.all(np.mod(a, 1) == 0):
+                raise KdslError(f"Targets for output '{name}' must be integer class labels. Received: "
+                                f"non-integer values.")
+        out[name] = np.ascontiguousarray(a.astype(DTYPES[t.dtype], copy=False))
+    return out
+
+
+@dataclass
+class _Data:
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]          # by output name
+    sw: dict[str, np.ndarray]         # by output name, float32 [N]
+    n: int
+
+    def take(self, idx) -> "_Data":
+        return _Data({k: v[idx] for k, v in self.x.items()}, {k: v[idx] for k, v in self.y.items()},
+                     {k: v[idx] for k, v in self.sw.items()}, len(idx) if not isinstance(idx, slice)
+                     else len(range(*idx.indices(self.n))))
+
+
+class Trainer:
+    """Sessions and state for one compiled model (one :class:`TrainSetup`)."""
+
+    def __init__(self, model: "Model", setup: "TrainSetup", providers=None, opset: int = 17):
+        import onnxruntime as ort
+
+        from ..lower.training import build_training
+
+        self.model = model
+        self.setup = setup
+        self.program: "TrainingProgram" = build_training(model, setup, opset)
+        self.providers = resolve_providers(providers)
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.train_sess = ort.InferenceSession(self.program.train.SerializeToString(), opts,
+                                               providers=self.providers)
+        self.eval_sess = ort.InferenceSession(self.program.eval.SerializeToString(), opts,
+                                              providers=self.providers)
+        self._ort = ort
+        self.state: dict[str, Any] = {}
+        self.reset_state()
+        self.train_outputs = [o.name for o in self.train_sess.get_outputs()]
+        self.eval_outputs = [o.name for o in self.eval_sess.get_outputs()]
+        self.train_io = self.train_sess.io_binding()
+        self.eval_io = self.eval_sess.io_binding()
+        self.time_in_run = 0.0
+
+    # -- state --------------------------------------------------------------------------------
+    def _ortvalue(self, a: np.ndarray):
+        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, 0)
+
+    def reset_state(self, slots: dict[str, np.ndarray] | None = None) -> None:
+        """State from the model's current weights; slots from ``slots`` or their initial values."""
+        for s in self.program.state:
+            if s.weight is not None:
+                value = np.asarray(s.layer.onnx_weight(s.weight))
+            else:
+                value = slots[s.name] if slots and s.name in slots else s.value
+            self.state[s.name] = self._ortvalue(value.astype(s.value.dtype, copy=False))
+
+    def slot_values(self) -> dict[str, np.ndarray]:
+        return {s.name: self.state[s.name].numpy() for s in self.program.state if s.kind == "slot"}
+
+    def sync_to_model(self) -> None:
+        """Copy weights and state back into the model's layers (Keras layout)."""
+        for s in self.program.state:
+            if s.weight is not None and s.updated:
+                s.weight.value = keras_from_onnx(s.layer, s.weight, self.state[s.name].numpy()).astype(
+                    s.weight.dtype, copy=False)
+        self.model._session = None
+
+    # -- data ------------------------------------------------------------------------------------
+    def prepare(self, x, y, sample_weight=None, class_weight=None) -> _Data:
+        feeds = as_feeds(x, self.program.data_inputs)
+        n = next(iter(feeds.values())).shape[0]
+        outputs = [(o, t) for _, o, t in self.program.targets]
+        if y is None:
+            raise KdslError("Training and evaluation need targets `y`.")
+        ys = prepare_targets(y, outputs, n)
+        sws = {}
+        for o, _ in outputs:
+            w = sample_weight.get(o) if isinstance(sample_weight, dict) else sample_weight
+            if w is None:
+                w = np.ones(n, np.float32)
+            w = np.asarray(w, dtype=np.float32)
+            if w.shape != (n,):
+                raise KdslError(f"`sample_weight` must have shape ({n},). Received: {w.shape}.")
+            if class_weight:
+                w = w * _class_weights(ys[o], class_weight)
+            sws[o] = w
+        return _Data(feeds, ys, sws, n)
+
+    def _bind_batch(self, io, data: _Data, lo: int, hi: int, idx=None) -> int:
+        sel = idx[lo:hi] if idx is not None else slice(lo, hi)
+        for (name, t) in self.program.data_inputs:
+            a = data.x[name][sel]
+            io.bind_cpu_input(name, np.ascontiguousarray(a))
+        for t_in, o, _ in self.program.targets:
+            io.bind_cpu_input(t_in, np.ascontiguousarray(data.y[o][sel]))
+        for w_in, o in self.program.sample_weights:
+            io.bind_cpu_input(w_in, np.ascontiguousarray(data.sw[o][sel]))
+        return hi - lo
+
+    # -- steps -------------------------------------------------------------------------------------
+    def train_batch(self, data: _Data, lo: int, hi: int, idx, lr: float, step: int) -> dict[str, np.ndarray]:
+        io = self.train_io
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        self._bind_batch(io, data, lo, hi, idx)
+        io.bind_cpu_input("lr", np.array(lr, dtype=np.float32))
+        io.bind_cpu_input("step", np.array(step, dtype=np.float32))
+        for name, v in self.state.items():
+            io.bind_ortvalue_input(name, v)
+        for o in self.train_outputs:
+            io.bind_output(o, self.device if o.endswith(":new") else "cpu")
+        t = time.perf_counter()
+        self.train_sess.run_with_iobinding(io)
+        self.time_in_run += time.perf_counter() - t
+        results = {}
+        for name, value in zip(self.train_outputs, io.get_outputs()):
+            if name.endswith(":new"):
+                self.state[name[:-4]] = value
+            else:
+                results[name] = value.numpy()
+        return results
+
+    def eval_batch(self, data: _Data, lo: int, hi: int) -> dict[str, np.ndarray]:
+        io = self.eval_io
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        self._bind_batch(io, data, lo, hi)
+        for name in self.program.eval_state:
+            io.bind_ortvalue_input(name, self.state[name])
+        for o in self.eval_outputs:
+            io.bind_output(o, "cpu")
+        self.eval_sess.run_with_iobinding(io)
+        return {n: v.numpy() for n, v in zip(self.eval_outputs, io.get_outputs())}
+
+
+class EpochAggregator:
+    """Keras's epoch numbers: loss weighted by batch size, metrics from summed parts."""
+
+    def __init__(self, program: "TrainingProgram", prefix: str = ""):
+        self.program = program
+        self.prefix = prefix
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sums = {log: 0.0 for _, log in self.program.losses}
+        self.count = 0
+        self.parts = {log: {} for _, log, _ in self.program.metrics}
+
+    def add(self, results: dict[str, np.ndarray], n: int) -> None:
+        for gname, log in self.program.losses:
+            self.loss_sums[log] += float(results[gname]) * n
+        self.count += n
+        for metric, log, parts in self.program.metrics:
+            acc = self.parts[log]
+            for part, gname in parts.items():
+                v = np.asarray(results[gname], dtype=np.float64)
+                acc[part] = acc[part] + v if part in acc else v
+
+    def logs(self) -> dict[str, float]:
+        out = {}
+        for _, log in self.program.losses:
+            out[self.prefix + log] = self.loss_sums[log] / self.count if self.count else float("nan")
+        for metric, log, _ in self.program.metrics:
+            out[self.prefix + log] = metric.result(self.parts[log]) if self.parts[log] else 0.0
+        return out
+
+
+def _class_weights(y: np.ndarray, class_weight: dict) -> np.ndarray:
+    if y.ndim >= 2 and y.shape[-1] > 1:
+        labels = np.argmax(y, axis=-1)
+    else:
+        labels = y.reshape(y.shape[0], -1)[:, 0]
+        labels = np.rint(labels).astype(np.int64)
+    labels = labels.reshape(y.shape[0], -1)[:, 0] if labels.ndim > 1 else labels
+    w = np.ones(len(labels), np.float32)
+    for k, v in class_weight.items():
+        w[labels == int(k)] = float(v)
+    return w
+
+
+def steps_for(n: int, batch_size: int) -> int:
+    return max(1, math.ceil(n / batch_size)) if n else 0
