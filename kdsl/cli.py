@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None,
                    help="output .onnx file, or a directory to write <model>.onnx into (default: .)")
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17-21, default 17)")
+    p.add_argument("--no-training-graphs", action="store_true",
+                   help="do not write the training graphs for a model with a train section")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("check", help="check a .kd file (syntax, names, shapes) without writing anything",
@@ -58,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("summary", help="print a Keras-style summary of a model",
-                       description="Print the layers, output shapes and parameter counts of a model.")
+                       description="Print the layers, output shapes, parameter counts and FLOPs per "
+                                   "sample of a model.")
     _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (for machines)")
     p.set_defaults(func=cmd_summary)
 
     # command families that live in their own modules: each defines add_commands(sub)
@@ -102,8 +106,14 @@ def cmd_compile(args) -> int:
         path = out
     else:
         path = os.path.join(out, f"{model.name}.onnx")
-    model.export(path, opset=args.opset or DEFAULT_OPSET)
-    print(f"wrote {path}  ({model.count_params():,} parameters, opset {args.opset or DEFAULT_OPSET})")
+    opset = args.opset or DEFAULT_OPSET
+    model.export(path, opset=opset)
+    print(f"wrote {path}  ({model.count_params():,} parameters, opset {opset})")
+    if model.train_config is not None and not args.no_training_graphs:
+        from .train.export import export_training_graphs
+
+        written = export_training_graphs(model, os.path.dirname(path) or ".", opset)
+        print("wrote " + ", ".join(written) + "  (portable training graphs, see docs/training_graph.md)")
     return EXIT_OK
 
 
@@ -122,7 +132,14 @@ def cmd_check(args) -> int:
 
 def cmd_summary(args) -> int:
     _, model = _load(args)
-    model.summary()
+    if getattr(args, "json", False):
+        import json
+
+        from .summary import summary_json
+
+        print(json.dumps(summary_json(model), indent=2))
+    else:
+        model.summary()
     return EXIT_OK
 
 

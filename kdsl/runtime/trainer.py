@@ -205,6 +205,7 @@ class Trainer:
                 self.state[name[:-4]] = value
             else:
                 results[name] = value.numpy()
+        self.last_loss = float(results["loss"])
         return results
 
     def eval_batch(self, data: _Data, lo: int, hi: int) -> dict[str, np.ndarray]:

@@ -1,1 +1,4 @@
-"""Training: what train sections say (specs); losses, metrics and optimizers come with training."""
+"""Training: train-section specs, losses, metrics, optimizers (as ONNX) and the fit API."""
+from . import losses, metrics, optimizers, specs
+
+__all__ = ["losses", "metrics", "optimizers", "specs"]
