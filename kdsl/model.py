@@ -74,7 +74,7 @@ class Model(TrainingMixin):
         if inputs is None or outputs is None:
             raise KdslError("Model(inputs, outputs) needs both. Received: "
                             f"inputs={inputs!r:.40}, outputs={outputs!r:.40}", python_call_site())
-        self._set_graph(_trace(inputs, outputs, name or "model"))
+        self._set_graph(_trace(inputs, outputs, name or "functional"))
 
     # -- graph, names, weights ---------------------------------------------------------
     def _set_graph(self, graph: Graph) -> None:
@@ -84,6 +84,7 @@ class Model(TrainingMixin):
         self.graph = graph
         self.name = graph.name
         _assign_names(graph)
+        _name_outputs(graph)
         total = sum(layer.count_params() for layer in graph.layers())
         if total > limits.MAX_MODEL_PARAMETERS:
             raise KdslError(f"Model '{graph.name}' would have {total:,} parameters; the limit is "
@@ -195,6 +196,18 @@ class Model(TrainingMixin):
         (print_fn or print)(text)
         return None
 
+    def plot(self, path: str, show_shapes: bool = True, show_params: bool = True,
+             expand_blocks: bool = False) -> str:
+        """Draw the data-flow diagram to ``path`` (.svg, .png, .dot or .html), like Keras's
+        ``plot_model``: a box per layer call with its key arguments, edges labelled with tensor
+        shapes, block calls as collapsible clusters, parameter and FLOP counts. ``.html`` is one
+        self-contained interactive page; ``.svg``/``.png`` need Graphviz's ``dot``. Returns ``path``.
+        """
+        from .viz import plot_model
+
+        return plot_model(self, path, show_shapes=show_shapes, show_params=show_params,
+                          expand_blocks=expand_blocks)
+
     def to_kd(self) -> str:
         """``.kd`` source that compiles back to this model's graph (weights excluded)."""
         from .ir.to_kd import graph_to_kd
@@ -236,14 +249,33 @@ def _trace(inputs, outputs, name: str) -> Graph:
             raise KdslError(f"Two model inputs are named '{v.name}'; input names must be unique.", v.span)
         used.add(v.name)
     named = []
-    for i, (n, v) in enumerate(outs):
-        if n is None:
-            n = v.name or (v.node.layer.name if v.node is not None and v.node.layer.name else None) \
-                or ("output" if len(outs) == 1 else f"output_{i}")
-        n = _unique(n, used) if n in used else n
-        used.add(n)
-        named.append((n, v))
+    for n, v in outs:
+        if n is None and v.name is not None and v.name not in used:
+            n = v.name
+        if n is not None:
+            n = _unique(n, used) if n in used else n
+            used.add(n)
+        named.append((n, v))      # unnamed outputs are named after their layer once layers have names
     return Graph.trace(name, ins, named)
+
+
+def _name_outputs(graph: Graph) -> None:
+    """Unnamed outputs take their layer's name, as in Keras (made a valid identifier)."""
+    import re
+
+    from .syntax.parser import KEYWORDS
+
+    used = {v.name for v in graph.inputs} | {n for n, _ in graph.outputs if n is not None}
+    for i, (n, v) in enumerate(graph.outputs):
+        if n is not None:
+            continue
+        base = v.node.layer.name if v.node is not None else f"output_{i}"
+        base = re.sub(r"\W", "_", base)
+        if base in KEYWORDS or not base.isidentifier():
+            base = f"{base}_out"
+        n = _unique(base, used)
+        used.add(n)
+        graph.outputs[i] = (n, v)
 
 
 def _unique(base: str, used: set[str]) -> str:

@@ -36,6 +36,9 @@ class Value:
     name: str | None = None
     span: Span | None = None
     id: int = field(default_factory=lambda: next(_ids))
+    #: Keras's implicit mask: a bool [batch, steps] value (from Embedding(mask_zero=True)),
+    #: propagated by layers that support masking and read by those that use it.
+    mask: "Value | None" = None
 
     # -- Keras-like conveniences ------------------------------------------------
     @property
@@ -101,6 +104,8 @@ class Node:
     outputs: list[Value]
     span: Span | None = None
     id: int = field(default_factory=lambda: next(_ids))
+    #: the mask this node's layer reads (layers with ``uses_mask``), else None
+    mask: "Value | None" = None
 
     def __repr__(self) -> str:
         ins = ", ".join(f"%{v.id}" for v in self.inputs)
@@ -139,6 +144,8 @@ class Graph:
                 continue
             seen[v.node.id] = v.node
             stack.extend(v.node.inputs)
+            if v.node.mask is not None:
+                stack.append(v.node.mask)
         nodes = sorted(seen.values(), key=lambda n: n.id)
         return Graph(name, inputs, list(outputs), nodes)
 

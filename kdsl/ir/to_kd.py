@@ -45,11 +45,14 @@ _SYM = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
 
 
 def graph_to_kd(graph: Graph) -> str:
-    from ..layers.ops import ActivationOp, Binary, Mean
+    from ..layers.ops import ActivationOp, Binary, Mean, NotZero
+    from ..syntax.parser import KEYWORDS
 
-    used: set[str] = {"model", "input", "output", "layer", "block", "return"}
+    used: set[str] = set(KEYWORDS)
     names: dict[int, str] = {}
-    lines = [f"model {graph.name} {{"]
+    model_name = graph.name if graph.name.isidentifier() and graph.name not in KEYWORDS else \
+        _ident(f"{graph.name}_model", set(KEYWORDS))
+    lines = [f"model {model_name} {{"]
     for v in graph.inputs:
         names[v.id] = _ident(v.name, used)
         dims = ", ".join(str(d) for d in v.type.shape[1:])
@@ -60,6 +63,8 @@ def graph_to_kd(graph: Graph) -> str:
     declared: dict[int, str] = {}
     for node in graph.nodes:
         layer = node.layer
+        if isinstance(layer, NotZero):     # implicit: Embedding(mask_zero=true) makes it again
+            continue
         args = [names[v.id] for v in node.inputs]
         if isinstance(layer, Binary):
             if layer.constant is not None:

@@ -92,6 +92,10 @@ class Layer:
     arity: ClassVar[str] = "one"
     #: ops (``relu(x)``, ``a + b``) are graph functions, not user-visible layer classes.
     is_op: ClassVar[bool] = False
+    #: pass the input's mask on to the output unchanged (Keras's ``supports_masking``)
+    supports_masking: ClassVar[bool] = False
+    #: the lowering reads the input's mask (``node.mask``): pooling over steps, recurrent layers
+    uses_mask: ClassVar[bool] = False
 
     def __init__(self, name: str | None = None, trainable: bool = True, dtype: str | None = None):
         if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w./-]*", name)):
@@ -187,8 +191,20 @@ class Layer:
                     raise ShapeError(f"Layer {type(self).__name__} would produce a tensor of shape "
                                      f"{t.shape_str()}, beyond the limit of {limits.MAX_DIM} per axis.", span)
         node = Node(self, values, [], span)
+        in_mask = next((v.mask for v in values if v.mask is not None), None)
+        if self.uses_mask and in_mask is not None:
+            node.mask = in_mask
         node.outputs = [Value(t, node, i, span=span) for i, t in enumerate(out_types)]
+        out_mask = self.compute_mask(values, in_mask)
+        if out_mask is not None:
+            for o in node.outputs:
+                if o.type.rank >= 2 and o.type.shape[:2] == out_mask.type.shape[:2]:
+                    o.mask = out_mask
         return node.outputs[0] if len(node.outputs) == 1 else list(node.outputs)
+
+    def compute_mask(self, inputs: list[Value], mask: Value | None) -> Value | None:
+        """The output's mask: the input's if the layer supports masking (Keras's rule)."""
+        return mask if self.supports_masking else None
 
     # -- weights in Keras layout --------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:

@@ -33,6 +33,8 @@ class Dense(Layer):
     Weights: ``kernel [input_dim, units]``, ``bias [units]``.
     """
 
+    supports_masking = True
+
     def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
                  kernel_initializer: str = "glorot_uniform", bias_initializer: str = "zeros",
                  name: str | None = None, trainable: bool = True):
@@ -84,6 +86,8 @@ class Activation(Layer):
     Input shape: any. Output shape: as the input.
     """
 
+    supports_masking = True
+
     def __init__(self, activation: str, name: str | None = None):
         super().__init__(name=name)
         self.activation = canonical_activation(activation)
@@ -114,6 +118,8 @@ class Dropout(Layer):
         noise_shape: optional shape (without batch) of the binary mask.
         seed: optional int seed.
     """
+
+    supports_masking = True
 
     def __init__(self, rate: float, noise_shape: list | None = None, seed: int | None = None,
                  name: str | None = None):
@@ -190,6 +196,8 @@ class Rescaling(Layer):
 
     Input shape: any. Output shape: as the input, float32.
     """
+
+    supports_masking = True
 
     def __init__(self, scale: float, offset: float = 0.0, name: str | None = None):
         super().__init__(name=name)

@@ -19,8 +19,9 @@ class Embedding(Layer):
         input_dim: positive int, size of the vocabulary (largest index + 1).
         output_dim: positive int, dimension of the dense embedding.
         embeddings_initializer: initializer name for the embeddings matrix.
-        mask_zero: whether index 0 is a padding value to be masked out (stored;
-            masking is not applied yet).
+        mask_zero: whether index 0 is a padding value to be masked out: the output then
+            carries a mask (``ids != 0``) that layers supporting masking pass on and that
+            recurrent layers and pooling over steps respect.
 
     Input shape: ``(batch, ...)`` of indices, int32 or int64 (other dtypes are
     cast to int64, as Keras casts them to an integer type).
@@ -35,6 +36,13 @@ class Embedding(Layer):
         self.output_dim = check_int(output_dim, "output_dim")
         self.embeddings_initializer = embeddings_initializer
         self.mask_zero = bool(mask_zero)
+
+    def compute_mask(self, inputs, mask):
+        if not self.mask_zero:
+            return None
+        from .ops import NotZero
+
+        return NotZero()(inputs[0], span=None)
 
     def build(self, input_types):
         self.add_weight("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)

@@ -47,6 +47,8 @@ class BatchNormalization(Layer):
     ``moving_variance [C]`` (the last two non-trainable), ``C = input_shape[axis]``.
     """
 
+    supports_masking = True
+
     def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3,
                  center: bool = True, scale: bool = True, beta_initializer: str = "zeros",
                  gamma_initializer: str = "ones", moving_mean_initializer: str = "zeros",
@@ -157,6 +159,8 @@ class LayerNormalization(Layer):
     Weights: ``gamma`` (if scale), ``beta`` (if center), each shaped like the
     input's sizes along ``axis`` in the order given (Keras's layout).
     """
+
+    supports_masking = True
 
     def __init__(self, axis=-1, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
                  beta_initializer: str = "zeros", gamma_initializer: str = "ones",

@@ -37,6 +37,8 @@ class Binary(Layer):
     """Elementwise ``+ - * /`` with NumPy broadcasting, or ``@`` (matmul). A Python number
     operand becomes a scalar constant of the tensor's dtype."""
 
+    supports_masking = True
+
     is_op = True
     arity = "list"
 
@@ -92,6 +94,24 @@ class Binary(Layer):
         return e.op(_ONNX_BINARY[self.op], [a, b]), layout
 
 
+class NotZero(Layer):
+    """The mask of ``Embedding(mask_zero=True)``: ``ids != 0`` as bool, same shape as the ids."""
+
+    is_op = True
+
+    def type_name(self):
+        return "mask"
+
+    def compute_output_types(self, input_types):
+        return [input_types[0].with_dtype("bool")]
+
+    def lower(self, ctx, node):
+        v = node.inputs[0]
+        x = ctx.get(v, CL)
+        zero = ctx.e.const(np.asarray(0, dtype=v.type.dtype), hint="zero")
+        return ctx.e.op("Not", [ctx.e.op("Equal", [x, zero])])
+
+
 def binary_op(op: str, a: Any, b: Any, span=None) -> Value:
     """``a <op> b`` where at least one side is a tensor and the other may be a number."""
     from .base import python_call_site
@@ -129,6 +149,8 @@ def _is_number(x) -> bool:
 
 class ActivationOp(Layer):
     """``relu(x)``, ``softmax(x, axis=-1)``...: an activation as a function."""
+
+    supports_masking = True
 
     is_op = True
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
+
 from ..ir import TensorType
-from ..lower.context import CF
+from ..lower.context import CF, CL
 from .args import check_choice, standardize_tuple
 from .base import Layer, ShapeError, register
 from .conv import check_data_format, window_geometry
@@ -123,6 +125,7 @@ class _GlobalPooling(Layer):
 
     rank: ClassVar[int] = 2
     onnx_op: ClassVar[str] = "ReduceMean"
+    uses_mask = True
 
     def __init__(self, data_format: str | None = None, keepdims: bool = False, name: str | None = None):
         super().__init__(name=name)
@@ -137,12 +140,27 @@ class _GlobalPooling(Layer):
 
     def lower(self, ctx, node):
         v = node.inputs[0]
+        if node.mask is not None and self.rank == 1:
+            return self._lower_masked(ctx, node)
         x, layout = ctx.get_any(v)
         if v.type.dtype != self.dtype:
             x = ctx.e.cast(x, self.dtype)
         first = 2 if layout == CF else 1
         y = ctx.e.reduce(self.onnx_op, x, list(range(first, first + self.rank)), self.keepdims)
         return (y, layout) if self.keepdims else y   # (batch, channels): the same in both layouts
+
+    def _lower_masked(self, ctx, node):
+        """Pool over the unmasked steps only (mask from ``Embedding(mask_zero=True)``)."""
+        e = ctx.e
+        x = ctx.input_as(node.inputs[0], self.dtype, CL)             # [batch, steps, channels]
+        m = e.unsqueeze(ctx.get(node.mask, CL), [2])                 # [batch, steps, 1] bool
+        if self.onnx_op == "ReduceMean":
+            mf = e.cast(m, self.dtype)
+            total = e.reduce("ReduceSum", e.op("Mul", [x, mf]), [1], self.keepdims)
+            count = e.reduce("ReduceSum", mf, [1], self.keepdims)
+            return e.op("Div", [total, count])
+        lowest = e.const(np.asarray(np.finfo(np.float32).min, np.float32), hint="lowest")
+        return e.reduce("ReduceMax", e.op("Where", [m, x, lowest]), [1], self.keepdims)
 
 
 _GLOBAL_DOC = """Global {kind} pooling over the {what} axes.

@@ -21,7 +21,7 @@ from . import ast as A
 
 __all__ = ["parse", "grammar_path"]
 
-_KEYWORDS = {"model", "block", "train", "import", "from", "input", "output", "layer", "return", "repeat",
+KEYWORDS = _KEYWORDS = {"model", "block", "train", "import", "from", "input", "output", "layer", "return", "repeat",
              "for", "in", "if", "else", "and", "or", "not", "true", "false", "none"}
 
 _FRIENDLY = {
