@@ -521,14 +521,19 @@ class Elaborator:
         if isinstance(callee, type) and issubclass(callee, Layer):
             return self._construct(callee, args, e.kwargs, e.span, frame, kwargs)
         if isinstance(callee, Layer):
-            if kwargs or len(args) != 1:
+            if len(args) != 1:
                 raise KdslError(f"Layer '{callee.display_name()}' is called on one tensor (or one list of "
-                                f"tensors). Received: {len(args)} arguments"
-                                f"{' and keyword arguments' if kwargs else ''}.", e.span)
+                                f"tensors). Received: {len(args)} arguments.", e.span)
             v, sp = args[0]
             if isinstance(v, Symbol):
                 self._undefined(v, frame)
-            return callee(v, span=e.span)
+            call_args = {}
+            for k, (cv, csp) in kwargs.items():
+                if isinstance(cv, (Value, Layer)):
+                    raise KdslError(f"Call argument '{k}' must be known at compile time. Received: {_kind(cv)}",
+                                    csp)
+                call_args[k] = cv.name if isinstance(cv, Symbol) else cv
+            return callee(v, span=e.span, **call_args)
         if isinstance(callee, A.ModelDef) and not args:
             return ModelInstance(callee, kwargs, e.span)
         if isinstance(callee, (A.BlockDef, A.ModelDef, Function)):

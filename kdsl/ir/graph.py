@@ -106,6 +106,8 @@ class Node:
     id: int = field(default_factory=lambda: next(_ids))
     #: the mask this node's layer reads (layers with ``uses_mask``), else None
     mask: "Value | None" = None
+    #: compile-time call arguments, e.g. ``use_causal_mask=True`` (layers' ``call_arguments``)
+    call_args: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"%{v.id}" for v in self.inputs)

@@ -21,6 +21,7 @@ DTYPES: dict[str, np.dtype] = {
     "int32": np.dtype("int32"),
     "int64": np.dtype("int64"),
     "bool": np.dtype("bool"),
+    "string": np.dtype(object),      # Python str objects (raw text for TextVectorization)
 }
 FLOAT_DTYPES = ("float16", "float32", "float64")
 INT_DTYPES = ("int32", "int64")

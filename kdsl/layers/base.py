@@ -96,6 +96,12 @@ class Layer:
     supports_masking: ClassVar[bool] = False
     #: the lowering reads the input's mask (``node.mask``): pooling over steps, recurrent layers
     uses_mask: ClassVar[bool] = False
+    #: compile-time keyword arguments accepted at call time, with defaults (Keras's call args,
+    #: e.g. MultiHeadAttention's ``use_causal_mask``); they are stored on the node
+    call_arguments: ClassVar[dict] = {}
+    #: runs on the host, not in training graphs (TextVectorization): the trainer applies
+    #: :meth:`host_apply` to the raw input and the training graph starts at this layer's output
+    host_preprocessing: ClassVar[bool] = False
 
     def __init__(self, name: str | None = None, trainable: bool = True, dtype: str | None = None):
         if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w./-]*", name)):
@@ -166,10 +172,17 @@ class Layer:
         raise NotImplementedError
 
     # -- calling -----------------------------------------------------------------
-    def __call__(self, inputs, span: Span | None = None):
+    def __call__(self, inputs, span: Span | None = None, **call_args):
         """Apply the layer to a tensor (or a list of tensors); returns the output tensor(s)."""
         if span is None:
             span = python_call_site()
+        for k in call_args:
+            if k not in self.call_arguments:
+                from ..errors import did_you_mean
+                raise KdslError(f"{type(self).__name__} takes no call argument '{k}'"
+                                + (f"; its call arguments: {sorted(self.call_arguments)}." if self.call_arguments
+                                   else "."), span, did_you_mean(k, self.call_arguments))
+        call_args = {**self.call_arguments, **call_args}
         values = _as_values(inputs, self, span)
         if self.arity == "one" and len(values) != 1:
             raise KdslError(f"Layer {type(self).__name__} expects one input tensor. "
@@ -182,6 +195,7 @@ class Layer:
             if not self.built:
                 self.build(types)
                 self.built = True
+            self._call_args = call_args
             out_types = self.compute_output_types(types)
         except KdslError as e:
             raise e.with_span(span)
@@ -190,7 +204,7 @@ class Layer:
                 if isinstance(d, int) and d > limits.MAX_DIM:
                     raise ShapeError(f"Layer {type(self).__name__} would produce a tensor of shape "
                                      f"{t.shape_str()}, beyond the limit of {limits.MAX_DIM} per axis.", span)
-        node = Node(self, values, [], span)
+        node = Node(self, values, [], span, call_args=call_args)
         in_mask = next((v.mask for v in values if v.mask is not None), None)
         if self.uses_mask and in_mask is not None:
             node.mask = in_mask

@@ -27,6 +27,7 @@ ONNX_DTYPE = {
     "int32": TensorProto.INT32,
     "int64": TensorProto.INT64,
     "bool": TensorProto.BOOL,
+    "string": TensorProto.STRING,
 }
 
 

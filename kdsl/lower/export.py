@@ -8,7 +8,7 @@ import onnx
 from onnx import helper
 
 from ..errors import KdslError
-from ..ir import Graph, TensorType
+from ..ir import Graph, Node, TensorType
 from .context import CL, LowerContext
 from .emitter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_DTYPE, Emitter
 
@@ -38,13 +38,34 @@ def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, ONNX_DTYPE[t.dtype], list(t.shape))
 
 
-def lower_body(ctx: LowerContext, graph: Graph) -> None:
-    """Place the graph's inputs under their names and lower every node, in order."""
+def host_preprocessing_nodes(graph: Graph) -> dict[str, "Node"]:
+    """Input name -> the host-side preprocessing node (e.g. TextVectorization) applied to it."""
+    inputs = {v.id: v.name for v in graph.inputs}
+    out = {}
+    for node in graph.nodes:
+        if node.layer.host_preprocessing and len(node.inputs) == 1 and node.inputs[0].id in inputs:
+            out[inputs[node.inputs[0].id]] = node
+    return out
+
+
+def lower_body(ctx: LowerContext, graph: Graph, skip_host_preprocessing: bool = False) -> None:
+    """Place the graph's inputs under their names and lower every node, in order.
+
+    With ``skip_host_preprocessing`` (training graphs), an input consumed by a host-side
+    preprocessing layer is replaced by that layer's output, under the input's name.
+    """
     e = ctx.e
+    skipped = host_preprocessing_nodes(graph) if skip_host_preprocessing else {}
+    skipped_ids = {id(n) for n in skipped.values()}
     for v in graph.inputs:
         e.reserve(v.name)
-        ctx.place(v, v.name, CL)
+        if v.name in skipped:
+            ctx.place(skipped[v.name].outputs[0], v.name, CL)
+        else:
+            ctx.place(v, v.name, CL)
     for node in graph.nodes:
+        if id(node) in skipped_ids:
+            continue
         layer = node.layer
         with e.scope(layer.name, str(node.span) if node.span else ""):
             results = layer.lower(ctx, node)

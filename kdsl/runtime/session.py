@@ -64,7 +64,11 @@ def as_feeds(x: Any, inputs: Sequence[tuple[str, TensorType]], what: str = "x") 
     n = None
     for (name, t), a in zip(inputs, arrays):
         a = np.asarray(a)
-        if a.dtype == object:
+        if t.dtype == "string":
+            if a.dtype.kind not in "UO" or not all(isinstance(s, str) for s in a.reshape(-1)):
+                raise KdslError(f"Input '{name}' expects strings. Received: an array of dtype {a.dtype}.")
+            a = a.astype(object)
+        elif a.dtype == object:
             raise KdslError(f"Input '{name}' must be a numeric array. Received dtype object.")
         if a.ndim != t.rank:
             raise KdslError(f"Input '{name}' expects arrays of shape {t.shape_str()}. "

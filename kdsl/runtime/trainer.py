@@ -154,6 +154,12 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------------
     def prepare(self, x, y, sample_weight=None, class_weight=None) -> _Data:
+        from ..lower.export import host_preprocessing_nodes
+
+        pre = host_preprocessing_nodes(self.model.graph)
+        if pre:   # raw inputs (e.g. strings) go through the host-side layer first
+            raw = as_feeds(x, [(v.name, v.type) for v in self.model.graph.inputs])
+            x = {k: (pre[k].layer.host_apply(a) if k in pre else a) for k, a in raw.items()}
         feeds = as_feeds(x, self.program.data_inputs)
         n = next(iter(feeds.values())).shape[0]
         outputs = [(o, t) for _, o, t in self.program.targets]
