@@ -599,6 +599,11 @@ class Elaborator:
                 self._undefined(v, frame)
         if isinstance(v, list):
             v = [x.name if isinstance(x, (Symbol, Function)) else x for x in v]
+        if isinstance(v, Layer) and "Layer" in str(ann):     # a layer argument: Bidirectional(LSTM(64))
+            if v.built:
+                raise KdslError(f"Argument '{p.name}' of {cls.__name__} needs a fresh layer; this one was "
+                                "already called on a tensor.", span)
+            return v
         if isinstance(v, (Value, Layer)) or (isinstance(v, list) and any(isinstance(x, Value) for x in v)):
             raise KdslError(f"Argument '{p.name}' of {cls.__name__} must be known at compile time. "
                             f"Received: {_kind(v)}", span,

@@ -14,7 +14,23 @@ from .graph import Graph, Value
 __all__ = ["graph_to_kd", "format_value"]
 
 
+def layer_call(layer) -> str:
+    """``Class(args, name="...")`` for a layer: positional required args, then non-defaults."""
+    cfg = layer.non_default_config()
+    cfg.pop("name", None)
+    pos = [p for p in list(layer.signature().parameters.values())[1:] if p.default is p.empty and p.name in cfg]
+    parts = [format_value(cfg.pop(p.name)) for p in pos]
+    parts += [f"{k}={format_value(v)}" for k, v in cfg.items()]
+    if layer.name is not None:
+        parts.append(f"name={format_value(layer.name)}")
+    return f"{type(layer).__name__}({', '.join(parts)})"
+
+
 def format_value(v: Any) -> str:
+    from ..layers.base import Layer
+
+    if isinstance(v, Layer):
+        return layer_call(v)
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
@@ -78,14 +94,7 @@ def graph_to_kd(graph: Graph) -> str:
         elif isinstance(layer, Mean):
             expr = f"mean({args[0]}, axis={format_value(layer.axis)}, keepdims={format_value(layer.keepdims)})"
         else:
-            cfg = layer.non_default_config()
-            cfg.pop("name", None)
-            pos = [p for p in list(layer.signature().parameters.values())[1:]
-                   if p.default is p.empty and p.name in cfg]
-            parts = [format_value(cfg.pop(p.name)) for p in pos]
-            parts += [f"{k}={format_value(v)}" for k, v in cfg.items()]
-            parts.append(f"name={format_value(layer.name)}")
-            ctor = f"{type(layer).__name__}({', '.join(parts)})"
+            ctor = layer_call(layer)
             target = args[0] if layer.arity == "one" else "[" + ", ".join(args) + "]"
             if calls[id(layer)] > 1:
                 if id(layer) not in declared:

@@ -8,7 +8,8 @@ from .core import Activation, Dense, Dropout, Rescaling
 
 from . import ops  # noqa: F401  (registers nothing; functions of the language)
 
-_FAMILIES = ("conv", "pooling", "spatial", "reshaping", "normalization", "merge", "embedding")
+_FAMILIES = ("conv", "pooling", "spatial", "reshaping", "normalization", "merge", "embedding", "recurrent",
+             "attention", "text")
 for _mod in _FAMILIES:
     try:
         __import__(f"{__name__}.{_mod}")
