@@ -96,11 +96,15 @@ def graph_to_kd(graph: Graph) -> str:
         else:
             ctor = layer_call(layer)
             target = args[0] if layer.arity == "one" else "[" + ", ".join(args) + "]"
+            extra = {k: v for k, v in node.call_args.items() if layer.call_arguments.get(k, object()) != v}
             if calls[id(layer)] > 1:
                 if id(layer) not in declared:
                     declared[id(layer)] = _ident(layer.name, used)
                     lines.append(f"    layer {declared[id(layer)]} = {ctor}")
-                expr = f"{target} -> {declared[id(layer)]}"
+                ctor = declared[id(layer)]
+            if extra:   # call arguments need Keras's call style
+                kw = "".join(f", {k}={format_value(v)}" for k, v in extra.items())
+                expr = f"{ctor}({target}{kw})"
             else:
                 expr = f"{target} -> {ctor}"
         outs = [_ident(f"{layer.name}_out" if len(node.outputs) == 1 else f"{layer.name}_out{i}", used)

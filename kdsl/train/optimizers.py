@@ -3,11 +3,13 @@ rules written into the training graph as ONNX.
 
 The graph receives the learning rate ``lr`` and the 1-based step ``step`` as float32 scalars
 each step; each weight ``w`` has slots (``w:m``, ``w:v``...) carried from step to step like
-the weights. Order of operations follows Keras 3: clip gradients (clipnorm, global_clipnorm,
-clipvalue), apply weight decay (``w -= w * weight_decay * lr``), then the update rule.
+the weights. Order of operations follows Keras 3 (``BaseOptimizer.apply``): clip the
+gradients (only one of ``clipnorm``, ``global_clipnorm``, ``clipvalue`` may be set), apply
+weight decay (``w = w - w * weight_decay * lr``), then the update rule with the decayed weight.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -15,36 +17,56 @@ import numpy as np
 from ..errors import KdslError, did_you_mean
 from ..lower.emitter import Emitter
 
-__all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZER_CLASSES", "get_optimizer"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZER_CLASSES", "get_optimizer"]
+
+
+def _opt_float(value, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise KdslError(f"`{what}` must be a float. Received: {what}={value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise KdslError(f"`{what}` must be a float. Received: {what}={value!r}") from None
 
 
 class Optimizer:
     """Base class with Keras's common arguments.
 
     Args:
-        learning_rate: a float or a schedule (``kdsl.optimizers.schedules``).
-        weight_decay: decoupled weight decay, applied as ``w -= w * weight_decay * lr``.
+        learning_rate: a float or a schedule (``kdsl.optimizers.schedules``), i.e. a callable of
+            the 0-based iteration.
+        weight_decay: decoupled weight decay, applied as ``w -= w * weight_decay * lr`` before
+            the update.
         clipnorm: clip each gradient to this L2 norm.
         clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
         global_clipnorm: clip all gradients together to this global L2 norm.
+        name: the optimizer's name.
     """
 
     default_learning_rate = 0.001
-    #: slot names and their initial values
+    default_name = "optimizer"
+    #: slot names and their initial values (set per instance by subclasses)
     slots: tuple[tuple[str, float], ...] = ()
 
     def __init__(self, learning_rate: Any = None, weight_decay: float | None = None,
                  clipnorm: float | None = None, clipvalue: float | None = None,
                  global_clipnorm: float | None = None, name: str | None = None):
-        if clipnorm is not None and global_clipnorm is not None:
-            raise KdslError("Only one of `clipnorm` and `global_clipnorm` can be set. "
-                            f"Received: clipnorm={clipnorm}, global_clipnorm={global_clipnorm}")
-        self._learning_rate = self.default_learning_rate if learning_rate is None else learning_rate
-        self.weight_decay = weight_decay
-        self.clipnorm = clipnorm
-        self.clipvalue = clipvalue
-        self.global_clipnorm = global_clipnorm
-        self.name = name or type(self).__name__.lower()
+        n_clip = sum(a is not None for a in (clipnorm, clipvalue, global_clipnorm))
+        if n_clip > 1:
+            raise KdslError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                            f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                            f"global_clipnorm={global_clipnorm}")
+        lr = self.default_learning_rate if learning_rate is None else learning_rate
+        if not callable(lr):
+            lr = _opt_float(lr, "learning_rate")
+        self._learning_rate = lr
+        self.weight_decay = _opt_float(weight_decay, "weight_decay")
+        self.clipnorm = _opt_float(clipnorm, "clipnorm")
+        self.clipvalue = _opt_float(clipvalue, "clipvalue")
+        self.global_clipnorm = _opt_float(global_clipnorm, "global_clipnorm")
+        self.name = name or self.default_name
         self.iterations = 0
 
     # -- learning rate (host side) ---------------------------------------------------------
@@ -59,40 +81,44 @@ class Optimizer:
         self._learning_rate = value
 
     def get_config(self) -> dict:
-        cfg = {k: getattr(self, k) for k in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "name")}
+        cfg = {k: getattr(self, k) for k in ("name", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue")}
         lr = self._learning_rate
         cfg["learning_rate"] = lr.get_config() | {"class_name": type(lr).__name__} if hasattr(lr, "get_config") \
             else float(lr)
         return cfg
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
     # -- graph side ------------------------------------------------------------------------------
     def emit_updates(self, e: Emitter, params: list[tuple[str, str, dict[str, str]]], lr: str,
                      step: str) -> list[tuple[str, dict[str, str]]]:
-        """For each ``(weight, gradient, slots)`` emit and return ``(new_weight, new_slots)``."""
+        """For each ``(weight, gradient, slots)`` emit and return ``(new_weight, new_slots)``.
+
+        ``lr`` and ``step`` are float32 scalars (``step`` is 1-based: Keras's ``iterations + 1``).
+        """
         grads = self._clip(e, [g for _, g, _ in params])
         out = []
         for (w, _, slots), g in zip(params, grads):
-            if self.weight_decay:
-                w_dec = e.op("Sub", [w, e.op("Mul", [w, e.op("Mul", [lr, e.scalar(self.weight_decay)])])])
-            else:
-                w_dec = w
-            out.append(self.update(e, w_dec, g, slots, lr, step))
+            if self.weight_decay is not None:
+                decay = e.op("Mul", [e.op("Mul", [w, e.scalar(self.weight_decay)]), lr])
+                w = e.op("Sub", [w, decay])
+            out.append(self.update(e, w, g, slots, lr, step))
         return out
 
     def _clip(self, e: Emitter, grads: list[str]) -> list[str]:
-        if self.clipnorm is not None:
-            grads = [_clip_by_norm(e, g, self.clipnorm) for g in grads]
-        if self.global_clipnorm is not None:
-            sq = [_sum_all(e, e.op("Mul", [g, g])) for g in grads]
-            norm = e.op("Sqrt", [e.op("Sum", sq) if len(sq) > 1 else sq[0]])
-            c = e.scalar(self.global_clipnorm)
-            scale = e.op("Div", [c, e.op("Max", [norm, c])])
-            grads = [e.op("Mul", [g, scale]) for g in grads]
-        if self.clipvalue is not None:
-            grads = [e.op("Clip", [g, e.scalar(-self.clipvalue), e.scalar(self.clipvalue)]) for g in grads]
+        """Keras's ``_clip_gradients``: clipnorm, else global_clipnorm, else clipvalue (if > 0)."""
+        if self.clipnorm and self.clipnorm > 0:
+            return [_clip_by_norm(e, g, self.clipnorm) for g in grads]
+        if self.global_clipnorm and self.global_clipnorm > 0:
+            return _clip_by_global_norm(e, grads, self.global_clipnorm)
+        if self.clipvalue and self.clipvalue > 0:
+            v = self.clipvalue
+            return [e.op("Clip", [g, e.scalar(-v), e.scalar(v)]) for g in grads]
         return grads
 
     def update(self, e: Emitter, w: str, g: str, slots: dict[str, str], lr: str, step: str):
+        """The update rule for one weight: ``(new_weight, {slot: new_value})``."""
         raise NotImplementedError
 
     def initial_slots(self, shape: tuple[int, ...], dtype=np.float32) -> dict[str, np.ndarray]:
@@ -105,57 +131,92 @@ def _sum_all(e: Emitter, x: str) -> str:
 
 
 def _clip_by_norm(e: Emitter, g: str, clip: float) -> str:
-    """Keras ``clip_by_norm``: ``g * clip / max(||g||, clip)``."""
+    """Keras ``_clip_by_norm``: ``g * clip / max(||g||, clip)``."""
     norm = e.op("Sqrt", [_sum_all(e, e.op("Mul", [g, g]))])
     c = e.scalar(clip)
-    return e.op("Mul", [g, e.op("Div", [c, e.op("Max", [norm, c])])])
+    return e.op("Div", [e.op("Mul", [g, c]), e.op("Max", [norm, c])])
+
+
+def _clip_by_global_norm(e: Emitter, grads: list[str], clip: float) -> list[str]:
+    """Keras ``clip_by_global_norm``: ``scale = clip * min(1 / norm, 1 / clip)``
+    (+ ``norm - norm``, NaN for a non-finite norm), every gradient times ``scale``."""
+    sq = [_sum_all(e, e.op("Mul", [g, g])) for g in grads]
+    norm = e.op("Sqrt", [e.op("Sum", sq) if len(sq) > 1 else sq[0]])
+    one = e.scalar(1.0)
+    scale = e.op("Mul", [e.scalar(clip), e.op("Min", [e.op("Div", [one, norm]), e.scalar(1.0 / clip)])])
+    scale = e.op("Add", [scale, e.op("Sub", [norm, norm])])
+    return [e.op("Mul", [g, scale]) for g in grads]
 
 
 class SGD(Optimizer):
     """Gradient descent with momentum (Keras 3).
 
-    ``m = momentum * m - lr * g``; ``w += m`` (nesterov: ``w += momentum * m - lr * g``);
-    without momentum ``w -= lr * g``. Default learning rate 0.01.
+    ``w -= lr * g`` without momentum; with momentum ``m = momentum * m - lr * g`` and
+    ``w += m`` (nesterov: ``w += momentum * m - lr * g``, with the new ``m``).
+    Default learning rate 0.01.
     """
 
     default_learning_rate = 0.01
+    default_name = "SGD"
 
-    def __init__(self, learning_rate: Any = 0.01, momentum: float = 0.0, nesterov: bool = False, **kwargs):
-        super().__init__(learning_rate, **kwargs)
-        if not 0.0 <= float(momentum) <= 1.0:
+    def __init__(self, learning_rate: Any = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float | None = None, clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, name: str | None = "SGD"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, name)
+        if isinstance(momentum, bool) or not 0.0 <= float(momentum) <= 1.0:
             raise KdslError(f"`momentum` must be a float between [0, 1]. Received: momentum={momentum}")
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
-        self.slots = (("momentum", 0.0),) if self.momentum else ()
+        self.slots = (("momentum", 0.0),) if self.momentum != 0 else ()
+
+    def get_config(self):
+        return super().get_config() | {"momentum": self.momentum, "nesterov": self.nesterov}
 
     def update(self, e, w, g, slots, lr, step):
         step_g = e.op("Mul", [g, lr])
-        if not self.momentum:
+        if self.momentum == 0:
             return e.op("Sub", [w, step_g]), {}
-        m = e.op("Sub", [e.op("Mul", [slots["momentum"], e.scalar(self.momentum)]), step_g])
+        mom = e.scalar(self.momentum)
+        m = e.op("Sub", [e.op("Mul", [slots["momentum"], mom]), step_g])
         if self.nesterov:
-            new_w = e.op("Sub", [e.op("Add", [w, e.op("Mul", [m, e.scalar(self.momentum)])]), step_g])
+            new_w = e.op("Add", [w, e.op("Sub", [e.op("Mul", [m, mom]), step_g])])
         else:
             new_w = e.op("Add", [w, m])
         return new_w, {"momentum": m}
 
 
 class Adam(Optimizer):
-    """Adam (Keras 3): ``alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)``,
-    ``m += (g - m)(1 - b1)``, ``v += (g^2 - v)(1 - b2)``, ``w -= alpha * m / (sqrt(v) + eps)``."""
+    """Adam (Keras 3), with ``t = step``::
+
+        alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+        m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
+        amsgrad: vhat = max(vhat, v), used instead of v
+        w -= m * alpha / (sqrt(v) + epsilon)
+
+    Slots ``m``, ``v`` (and ``vhat``), zero-initialised.
+    """
+
+    default_name = "adam"
 
     def __init__(self, learning_rate: Any = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7, amsgrad: bool = False, **kwargs):
-        super().__init__(learning_rate, **kwargs)
-        self.beta_1, self.beta_2, self.epsilon, self.amsgrad = float(beta_1), float(beta_2), float(epsilon), bool(amsgrad)
+                 epsilon: float = 1e-7, amsgrad: bool = False, weight_decay: float | None = None,
+                 clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, name: str | None = "adam"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, name)
+        self.beta_1, self.beta_2 = float(beta_1), float(beta_2)
+        self.epsilon, self.amsgrad = float(epsilon), bool(amsgrad)
         self.slots = (("m", 0.0), ("v", 0.0)) + ((("vhat", 0.0),) if self.amsgrad else ())
+
+    def get_config(self):
+        return super().get_config() | {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
+                                       "amsgrad": self.amsgrad}
 
     def update(self, e, w, g, slots, lr, step):
         b1, b2 = self.beta_1, self.beta_2
+        one = e.scalar(1.0)
         p1 = e.op("Pow", [e.scalar(b1), step])
         p2 = e.op("Pow", [e.scalar(b2), step])
-        alpha = e.op("Div", [e.op("Mul", [lr, e.op("Sqrt", [e.op("Sub", [e.scalar(1.0), p2])])]),
-                             e.op("Sub", [e.scalar(1.0), p1])])
+        alpha = e.op("Div", [e.op("Mul", [lr, e.op("Sqrt", [e.op("Sub", [one, p2])])]), e.op("Sub", [one, p1])])
         m = e.op("Add", [slots["m"], e.op("Mul", [e.op("Sub", [g, slots["m"]]), e.scalar(1 - b1)])])
         v = e.op("Add", [slots["v"], e.op("Mul", [e.op("Sub", [e.op("Mul", [g, g]), slots["v"]]), e.scalar(1 - b2)])])
         new = {"m": m, "v": v}
@@ -167,19 +228,118 @@ class Adam(Optimizer):
         return e.op("Sub", [w, upd]), new
 
 
-OPTIMIZER_CLASSES: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Keras 3's ``AdamW``: the base optimizer's
+    ``w -= w * weight_decay * lr`` before the Adam update). ``weight_decay`` defaults to 0.004."""
+
+    default_name = "adamw"
+
+    def __init__(self, learning_rate: Any = 0.001, weight_decay: float = 0.004, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
+                 clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, name: str | None = "adamw"):
+        if weight_decay is None:
+            raise KdslError("Argument `weight_decay` must be a float. Received: weight_decay=None")
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, clipvalue,
+                         global_clipnorm, name)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Keras 3)::
+
+        velocity = rho * velocity + (1 - rho) * g^2
+        centered: average_gradient = rho * average_gradient + (1 - rho) * g
+                  denominator = velocity - average_gradient^2 + epsilon
+        else:     denominator = velocity + epsilon
+        increment = lr * g / sqrt(denominator)
+        momentum > 0: momentum_slot = momentum * momentum_slot + increment; w -= momentum_slot
+        else:         w -= increment
+
+    Slots ``velocity`` (and ``momentum``, ``average_gradient``), zero-initialised.
+    """
+
+    default_name = "rmsprop"
+
+    def __init__(self, learning_rate: Any = 0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7,
+                 centered: bool = False, weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None, name: str | None = "rmsprop"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, name)
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered = bool(centered)
+        self.slots = (("velocity", 0.0),) + ((("momentum", 0.0),) if self.momentum > 0 else ()) \
+            + ((("average_gradient", 0.0),) if self.centered else ())
+
+    def get_config(self):
+        return super().get_config() | {"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon,
+                                       "centered": self.centered}
+
+    def update(self, e, w, g, slots, lr, step):
+        rho = self.rho
+        vel = e.op("Add", [e.op("Mul", [e.scalar(rho), slots["velocity"]]),
+                           e.op("Mul", [e.scalar(1 - rho), e.op("Mul", [g, g])])])
+        new = {"velocity": vel}
+        if self.centered:
+            avg = e.op("Add", [e.op("Mul", [e.scalar(rho), slots["average_gradient"]]),
+                               e.op("Mul", [e.scalar(1 - rho), g])])
+            new["average_gradient"] = avg
+            denom = e.op("Add", [e.op("Sub", [vel, e.op("Mul", [avg, avg])]), e.scalar(self.epsilon)])
+        else:
+            denom = e.op("Add", [vel, e.scalar(self.epsilon)])
+        increment = e.op("Div", [e.op("Mul", [lr, g]), e.op("Sqrt", [denom])])
+        if self.momentum > 0:
+            mom = e.op("Add", [e.op("Mul", [e.scalar(self.momentum), slots["momentum"]]), increment])
+            new["momentum"] = mom
+            return e.op("Sub", [w, mom]), new
+        return e.op("Sub", [w, increment]), new
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Keras 3): ``accumulator += g^2``; ``w -= lr * g / sqrt(accumulator + epsilon)``.
+    The ``accumulator`` slot starts at ``initial_accumulator_value``."""
+
+    default_name = "adagrad"
+
+    def __init__(self, learning_rate: Any = 0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7,
+                 weight_decay: float | None = None, clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, name: str | None = "adagrad"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, name)
+        if float(initial_accumulator_value) < 0:
+            raise KdslError("`initial_accumulator_value` must be non-negative. Received: "
+                            f"initial_accumulator_value={initial_accumulator_value}")
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.epsilon = float(epsilon)
+        self.slots = (("accumulator", self.initial_accumulator_value),)
+
+    def get_config(self):
+        return super().get_config() | {"initial_accumulator_value": self.initial_accumulator_value,
+                                       "epsilon": self.epsilon}
+
+    def update(self, e, w, g, slots, lr, step):
+        acc = e.op("Add", [slots["accumulator"], e.op("Mul", [g, g])])
+        upd = e.op("Div", [e.op("Mul", [lr, g]), e.op("Sqrt", [e.op("Add", [acc, e.scalar(self.epsilon)])])])
+        return e.op("Sub", [w, upd]), {"accumulator": acc}
+
+
+OPTIMIZER_CLASSES: dict[str, type[Optimizer]] = {
+    "sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad,
+}
 
 
 def get_optimizer(identifier) -> Optimizer:
-    """Resolve an optimizer: an :class:`Optimizer`, a name ("adam"), or a train-section Spec."""
+    """Resolve an optimizer: an :class:`Optimizer` (or class), a name ("adam", "RMSprop"), or a
+    train-section Spec (``Adam(1e-3, beta_1=0.8)``; a learning-rate schedule Spec is built with
+    :func:`kdsl.optimizers.schedules.from_spec`; ``None`` arguments mean the default)."""
     from .specs import Spec, canonical_optimizer
 
     if isinstance(identifier, Optimizer):
         return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Optimizer):
+        return identifier()
     if isinstance(identifier, str):
         identifier = Spec(identifier)
     if isinstance(identifier, Spec):
-        spec = canonical_optimizer(Spec(identifier.name, list(identifier.args), dict(identifier.kwargs),
+        spec = canonical_optimizer(Spec(identifier.name, list(identifier.args),
+                                        {k: v for k, v in identifier.kwargs.items() if v is not None},
                                         identifier.span))
         kwargs = dict(spec.kwargs)
         lr = kwargs.get("learning_rate")
@@ -187,7 +347,11 @@ def get_optimizer(identifier) -> Optimizer:
             from ..optimizers.schedules import from_spec
             kwargs["learning_rate"] = from_spec(lr)
         if spec.name not in OPTIMIZER_CLASSES:
-            raise KdslError(f"Optimizer '{spec.name}' is not available yet.",
-                            hint=did_you_mean(spec.name, OPTIMIZER_CLASSES))
-        return OPTIMIZER_CLASSES[spec.name](**kwargs)
+            raise KdslError(f"Optimizer '{spec.name}' is not available yet.", spec.span,
+                            did_you_mean(spec.name, OPTIMIZER_CLASSES))
+        cls = OPTIMIZER_CLASSES[spec.name]
+        unknown = [k for k in kwargs if k not in inspect.signature(cls).parameters]
+        if unknown:
+            raise KdslError(f"Unknown argument '{unknown[0]}' for optimizer '{spec.name}'.", spec.span)
+        return cls(**kwargs)
     raise KdslError(f"Could not interpret optimizer. Received: {identifier!r}")
