@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17-21, default 17)")
     p.add_argument("--no-training-graphs", action="store_true",
                    help="do not write the training graphs for a model with a train section")
+    p.add_argument("--ort-training-artifacts", nargs="?", const="", default=None, metavar="DIR",
+                   help="also write onnxruntime-training's artifacts (training/eval/optimizer models, checkpoint) "
+                        "into DIR (default <output dir>/<model>.ort-training); needs a train section and "
+                        "onnxruntime-training")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("check", help="check a .kd file (syntax, names, shapes) without writing anything",
@@ -114,6 +118,14 @@ def cmd_compile(args) -> int:
 
         written = export_training_graphs(model, os.path.dirname(path) or ".", opset)
         print("wrote " + ", ".join(written) + "  (portable training graphs, see docs/training_graph.md)")
+    if args.ort_training_artifacts is not None:
+        from .runtime.ort_training import generate_ort_artifacts
+
+        model._ensure_compiled()
+        out_dir = args.ort_training_artifacts or os.path.join(os.path.dirname(path) or ".",
+                                                              f"{model.name}.ort-training")
+        written = generate_ort_artifacts(model, model._setup, out_dir, opset)
+        print("wrote " + ", ".join(written) + "  (onnxruntime-training artifacts)")
     return EXIT_OK
 
 

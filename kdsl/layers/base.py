@@ -172,10 +172,19 @@ class Layer:
         raise NotImplementedError
 
     # -- calling -----------------------------------------------------------------
-    def __call__(self, inputs, span: Span | None = None, **call_args):
-        """Apply the layer to a tensor (or a list of tensors); returns the output tensor(s)."""
+    def __call__(self, inputs, *more, span: Span | None = None, **call_args):
+        """Apply the layer to a tensor (or a list of tensors); returns the output tensor(s).
+
+        Layers called on several tensors also take them Keras-style as separate arguments:
+        ``mha(query, value)`` is ``mha([query, value])``.
+        """
         if span is None:
             span = python_call_site()
+        if more:
+            if self.arity != "list":
+                raise KdslError(f"Layer {type(self).__name__} expects one input tensor. "
+                                f"Received: {1 + len(more)} tensors.", span)
+            inputs = [inputs, *more]
         for k in call_args:
             if k not in self.call_arguments:
                 from ..errors import did_you_mean

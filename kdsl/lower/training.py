@@ -26,6 +26,7 @@ from onnx import helper
 
 from ..errors import KdslError
 from ..ir import BATCH, TensorType
+from . import autodiff_nn  # noqa: F401  (registers the gradient rules of conv, pooling, normalization...)
 from .autodiff import backprop
 from .context import CL, LowerContext
 from .emitter import ONNX_DTYPE, Emitter

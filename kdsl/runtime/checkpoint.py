@@ -166,7 +166,8 @@ def load_model(path: str, providers=None) -> "Model":
     comp = {k: _deser(v) for k, v in (meta.get("compile") or {}).items()}
     if comp.get("loss") is not None:
         model.compile(optimizer=comp.get("optimizer") or "rmsprop", loss=comp["loss"],
-                      loss_weights=comp.get("loss_weights"), metrics=comp.get("metrics"), providers=providers)
+                      loss_weights=comp.get("loss_weights"), metrics=comp.get("metrics"), providers=providers,
+                      engine=comp.get("engine") or "portable")
         model.optimizer.iterations = int(meta.get("iterations", 0))
         model._pending_slots = slots
     model._epochs_done = int(meta.get("epochs_trained", 0))

@@ -124,8 +124,6 @@ class Trainer:
         self.reset_state()
         self.train_outputs = [o.name for o in self.train_sess.get_outputs()]
         self.eval_outputs = [o.name for o in self.eval_sess.get_outputs()]
-        self.train_io = self.train_sess.io_binding()
-        self.eval_io = self.eval_sess.io_binding()
         self.time_in_run = 0.0
 
     # -- state --------------------------------------------------------------------------------
@@ -192,9 +190,9 @@ class Trainer:
 
     # -- steps -------------------------------------------------------------------------------------
     def train_batch(self, data: _Data, lo: int, hi: int, idx, lr: float, step: int) -> dict[str, np.ndarray]:
-        io = self.train_io
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
+        # a fresh binding each step: the state OrtValues kept from the previous step's outputs
+        # must outlive that binding (onnxruntime 1.19 frees them when a binding is cleared)
+        io = self.train_sess.io_binding()
         self._bind_batch(io, data, lo, hi, idx)
         io.bind_cpu_input("lr", np.array(lr, dtype=np.float32))
         io.bind_cpu_input("step", np.array(step, dtype=np.float32))
@@ -215,9 +213,7 @@ class Trainer:
         return results
 
     def eval_batch(self, data: _Data, lo: int, hi: int) -> dict[str, np.ndarray]:
-        io = self.eval_io
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
+        io = self.eval_sess.io_binding()
         self._bind_batch(io, data, lo, hi)
         for name in self.program.eval_state:
             io.bind_ortvalue_input(name, self.state[name])

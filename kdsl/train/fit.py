@@ -41,7 +41,7 @@ class TrainingMixin:
 
     # -- compile ---------------------------------------------------------------------------------
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None,
-                metrics: Any = None, providers=None, opset: int = 17) -> None:
+                metrics: Any = None, providers=None, opset: int = 17, engine: str = "portable") -> None:
         """Configure training, as ``keras.Model.compile``.
 
         Args:
@@ -51,6 +51,9 @@ class TrainingMixin:
             metrics: list of names/instances (every output), or a dict per output.
             providers: onnxruntime execution providers ("cpu", "cuda", or full names).
             opset: ONNX opset of the training graphs.
+            engine: ``"portable"`` (kdsl's own ONNX training graphs, default) or
+                ``"ort-training"`` (onnxruntime-training's artifacts and training API; it supports
+                fewer layers and refuses the others, naming them).
         """
         from ..lower.training import TrainSetup
         from .losses import get_loss
@@ -73,11 +76,20 @@ class TrainingMixin:
                 mets[n] = [get_metric(m, losses.get(n), types[n]) for m in ms if m is not None]
         self.optimizer = get_optimizer(optimizer)
         self._setup = TrainSetup(losses, lw, mets, self.optimizer)
+        if engine not in ("portable", "ort-training"):
+            raise KdslError(f'Unknown training engine. Received: engine={engine!r}; expected "portable" or '
+                            '"ort-training".')
+        if engine == "ort-training":
+            from ..runtime.ort_training import check_supported, require_ort_training
+
+            require_ort_training()
+            check_supported(self, self._setup)
+        self._engine = engine
         self._providers = providers
         self._opset = opset
         self._trainer = None
         self._compile_record = {"optimizer": optimizer, "loss": loss, "loss_weights": loss_weights,
-                                "metrics": metrics}
+                                "metrics": metrics, "engine": engine}
 
     def _ensure_compiled(self) -> None:
         if getattr(self, "_setup", None) is not None:
@@ -94,7 +106,12 @@ class TrainingMixin:
 
         self._ensure_compiled()
         if getattr(self, "_trainer", None) is None:
-            self._trainer = Trainer(self, self._setup, self._providers, self._opset)
+            if getattr(self, "_engine", "portable") == "ort-training":
+                from ..runtime.ort_training import OrtTrainingEngine
+
+                self._trainer = OrtTrainingEngine(self, self._setup, self._providers, self._opset)
+            else:
+                self._trainer = Trainer(self, self._setup, self._providers, self._opset)
             pending = getattr(self, "_pending_slots", None)
             if pending:
                 self._trainer.reset_state(pending)

@@ -1,0 +1,120 @@
+"""Gradient checks of the recurrent layers' training lowering (unrolled, differentiated op by op)
+against central finite differences, with and without masks; and the Split VJP rule."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import kdsl
+from gradcheck import check_gradients
+from kdsl import layers as L
+from kdsl.lower.autodiff import backprop
+from kdsl.lower.emitter import Emitter
+from kdsl.lower.training import _infer
+
+RNG = np.random.default_rng(3)
+B, T, F = 3, 4, 3
+
+
+def make(kind, units=3, **kw):
+    if kind == "GRU_before":
+        return L.GRU(units, reset_after=False, **kw)
+    return getattr(L, kind)(units, **kw)
+
+
+def _bias_nonzero(layer):
+    """Random non-zero biases so every weight's gradient is exercised."""
+    ws = layer.get_weights()
+    rng = np.random.default_rng(0)
+    layer.set_weights([w if i < 2 else rng.normal(0, 0.3, w.shape).astype(np.float32) for i, w in enumerate(ws)])
+
+
+def masked_inputs(steps=T, vocab=9):
+    ids = RNG.integers(1, vocab, size=(B, steps))
+    ids[1, 2:] = 0            # right padding
+    ids[2, 1] = 0             # a masked step in the middle (the unrolled form is exact for any mask)
+    return ids
+
+
+def dense_model(layer, head_units):
+    x = kdsl.Input((T, F), name="x")
+    h = layer(x)
+    if isinstance(h, list):
+        h = L.Concatenate()(h) if h[0].rank == 2 else h[0]
+    return kdsl.Model(x, {"y": L.Dense(head_units)(h)}, seed=1), RNG.normal(size=(B, T, F))
+
+
+def masked_model(layer, head_units):
+    ids = kdsl.Input((T,), dtype="int64", name="ids")
+    h = L.Embedding(9, F, mask_zero=True, trainable=False)(ids)   # a frozen table: the mask's source
+    return kdsl.Model(ids, {"y": L.Dense(head_units)(layer(h))}, seed=1), masked_inputs()
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
+@pytest.mark.parametrize("flags", [{}, {"return_sequences": True}, {"go_backwards": True, "return_sequences": True}],
+                         ids=["last", "seq", "backwards"])
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU", "GRU_before"])
+def test_recurrent_gradients(kind, flags, masked):
+    layer = make(kind, **flags)
+    m, x = (masked_model if masked else dense_model)(layer, 2)
+    _bias_nonzero(layer)
+    out_shape = (B, T, 2) if flags.get("return_sequences") else (B, 2)
+    dtype = check_gradients(m, "mse", x, RNG.normal(size=out_shape), n_coords=8)
+    assert dtype == np.float64
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
+@pytest.mark.parametrize("merge,kind,seq", [("concat", "LSTM", True), ("sum", "GRU", True), ("mul", "SimpleRNN", False),
+                                            ("ave", "GRU_before", False), ("concat", "LSTM", False)])
+def test_bidirectional_gradients(merge, kind, seq, masked):
+    layer = L.Bidirectional(make(kind, return_sequences=seq), merge_mode=merge)
+    m, x = (masked_model if masked else dense_model)(layer, 2)
+    ws = layer.get_weights()
+    rng = np.random.default_rng(1)
+    layer.set_weights([rng.normal(0, 0.4, w.shape).astype(np.float32) for w in ws])
+    out_shape = (B, T, 2) if seq else (B, 2)
+    check_gradients(m, "mse", x, RNG.normal(size=out_shape), n_coords=6)
+
+
+def test_return_state_and_activations_gradients():
+    layer = L.LSTM(3, activation="relu", recurrent_activation="hard_sigmoid", return_state=True)
+    m, x = dense_model(layer, 2)                 # Dense(concat([out, h, c]))
+    _bias_nonzero(layer)
+    check_gradients(m, "mse", x, RNG.normal(size=(B, 2)))
+    layer = L.GRU(3, activation="silu", recurrent_activation="softmax", return_sequences=True)
+    m, x = masked_model(layer, 2)
+    _bias_nonzero(layer)
+    check_gradients(m, "mse", x, RNG.normal(size=(B, T, 2)))
+
+
+def test_dropout_gradients_and_stacks():
+    ids = kdsl.Input((T,), dtype="int64", name="ids")
+    h = L.Embedding(9, F, mask_zero=True, trainable=False)(ids)
+    h = L.LSTM(3, return_sequences=True, dropout=0.3, recurrent_dropout=0.3, seed=4)(h)
+    h = L.Bidirectional(L.GRU(2, return_sequences=True, dropout=0.2), merge_mode="sum")(h)
+    h = L.SimpleRNN(2, recurrent_dropout=0.25)(h)
+    m = kdsl.Model(ids, {"y": L.Dense(2)(h)}, seed=2)
+    check_gradients(m, "mse", masked_inputs(), RNG.normal(size=(B, 2)), n_coords=5)
+
+
+def test_split_rule_with_an_unused_output():
+    """Split's VJP: gradients concatenated back, zeros for an output nothing uses."""
+    e = Emitter(17)
+    x = "x"
+    e.reserve(x)
+    a, b, c = e.op("Split", [x, e.ints([1, 2, 1])], n_out=3, axis=1)
+    loss = e.op("Add", [e.reduce("ReduceSum", e.op("Mul", [a, a]), [0, 1]), e.reduce("ReduceSum", c, [0, 1])])
+    x_info = helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", 4])
+    shapes, dtypes = _infer(e, [x_info], 17, [loss])
+    grads = backprop(e, list(e.nodes), loss, [x], shapes, dtypes)
+    g = helper.make_graph(e.nodes, "g", [x_info],
+                          [helper.make_tensor_value_info(grads[x], TensorProto.FLOAT, ["batch", 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    X = RNG.normal(size=(5, 4)).astype(np.float32)
+    gx = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {x: X})[0]
+    want = np.zeros_like(X)
+    want[:, 0] = 2 * X[:, 0]
+    want[:, 3] = 1.0
+    np.testing.assert_allclose(gx, want, rtol=1e-6)
