@@ -106,6 +106,8 @@ class Node:
     id: int = field(default_factory=lambda: next(_ids))
     #: the mask this node's layer reads (layers with ``uses_mask``), else None
     mask: "Value | None" = None
+    #: every input's mask (None where an input has none), for layers with ``uses_mask``
+    masks: list = field(default_factory=list)
     #: compile-time call arguments, e.g. ``use_causal_mask=True`` (layers' ``call_arguments``)
     call_args: dict = field(default_factory=dict)
 
@@ -146,8 +148,7 @@ class Graph:
                 continue
             seen[v.node.id] = v.node
             stack.extend(v.node.inputs)
-            if v.node.mask is not None:
-                stack.append(v.node.mask)
+            stack.extend(m for m in [v.node.mask, *v.node.masks] if m is not None)
         nodes = sorted(seen.values(), key=lambda n: n.id)
         return Graph(name, inputs, list(outputs), nodes)
 

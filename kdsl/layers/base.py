@@ -217,6 +217,7 @@ class Layer:
         in_mask = next((v.mask for v in values if v.mask is not None), None)
         if self.uses_mask and in_mask is not None:
             node.mask = in_mask
+            node.masks = [v.mask for v in values]
         node.outputs = [Value(t, node, i, span=span) for i, t in enumerate(out_types)]
         out_mask = self.compute_mask(values, in_mask)
         if out_mask is not None:
