@@ -26,7 +26,7 @@ from onnx import helper
 
 from ..errors import KdslError
 from ..ir import BATCH, TensorType
-from . import autodiff_nn  # noqa: F401  (registers the gradient rules of conv, pooling, normalization...)
+from .autodiff_nn import prepare_forward, prune_dead_nodes   # also registers the conv/pool/norm rules
 from .autodiff import backprop
 from .context import CL, LowerContext
 from .emitter import ONNX_DTYPE, Emitter
@@ -199,6 +199,7 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
                         for s in state]
         lr_vi = helper.make_tensor_value_info("lr", onnx.TensorProto.FLOAT, [])
         step_vi = helper.make_tensor_value_info("step", onnx.TensorProto.FLOAT, [])
+        prepare_forward(e.nodes, e)
         shapes, dtypes = _infer(e, inputs + [lr_vi, step_vi] + state_inputs, opset, ["loss"])
         with e.scope("grad"):
             grads = backprop(e, list(e.nodes), "loss", trainable, shapes, dtypes)
@@ -236,6 +237,7 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
     for src, name in new_outputs:
         _identity_out(e, src, name)
     outputs += [name for _, name in new_outputs]
+    e.nodes[:] = prune_dead_nodes(e.nodes, outputs)   # onnxruntime runs every node, used or not
     state_vis = [helper.make_tensor_value_info(s.name, ONNX_DTYPE[s.weight.dtype] if s.weight else
                                                onnx.TensorProto.FLOAT, list(s.value.shape)) for s in state]
     out_vis = [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs]
