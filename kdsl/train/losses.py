@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import KdslError, did_you_mean
-from ..ir import BATCH, TensorType
+from ..ir import TensorType
 from ..lower.emitter import Emitter
 
 __all__ = ["Loss", "LOSS_CLASSES", "get_loss", "EPSILON", "REDUCTIONS", "reduce_weighted",
@@ -186,7 +186,7 @@ class CategoricalCrossentropy(Loss):
         if self.label_smoothing:
             ls = self.label_smoothing
             t = e.op("Add", [e.op("Mul", [t, e.scalar(1.0 - ls)]),
-                             e.op("Div", [e.scalar(ls), _num_classes(e, y_pred, out, axis)])])
+                             e.op("Div", [e.scalar(ls), _num_classes(e, y_pred, out, -1)])])
         return _categorical_ce(e, t, y_pred, self.from_logits, axis)
 
 
@@ -232,9 +232,6 @@ class SparseCategoricalCrossentropy(Loss):
         self._check(out)
         return TensorType("int64", tuple(out.shape[:-1]))
 
-    def _labels(self, e: Emitter, y_true: str) -> str:
-        return y_true  # int64, the output's shape without the class axis
-
     def _valid(self, e: Emitter, labels: str) -> str | None:
         if self.ignore_class is None:
             return None
@@ -246,7 +243,7 @@ class SparseCategoricalCrossentropy(Loss):
 
     def _values_and_mask(self, e, y_pred, y_true, out):
         c = self._check(out)
-        labels = self._labels(e, y_true)
+        labels = y_true                              # int64, the output's shape without the class axis
         valid = self._valid(e, labels)
         pred = y_pred
         if valid is not None:

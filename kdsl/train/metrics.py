@@ -109,13 +109,10 @@ def _in_top_k(e: Emitter, y_pred: str, labels: str, num_classes: int, k: int) ->
     return e.cast(ok, "float32")
 
 
-def weighted_sums(e: Emitter, values: str, sample_weight: str, values_rank: int | None = None) -> dict[str, str]:
-    """Keras's ``Mean.update_state(values, sample_weight)`` as partial sums: values of rank > 1 are
-    first averaged over their non-batch axes, then ``total = sum(values * w)``, ``count = sum(w)``."""
-    v = values
-    if values_rank is None or values_rank > 1:
-        v = e.op("Flatten", [values], axis=1)
-        v = e.reduce("ReduceMean", v, [1], keepdims=False)          # [batch]
+def weighted_sums(e: Emitter, values: str, sample_weight: str) -> dict[str, str]:
+    """Keras's ``Mean.update_state(values, sample_weight)`` as partial sums: each sample's values
+    are averaged over their non-batch axes, then ``total = sum(values * w)``, ``count = sum(w)``."""
+    v = e.reduce("ReduceMean", e.op("Flatten", [values], axis=1), [1], keepdims=False)    # [batch]
     total = e.reduce("ReduceSum", e.op("Mul", [v, sample_weight]), [0], keepdims=False)
     count = e.reduce("ReduceSum", sample_weight, [0], keepdims=False)
     return {"total": total, "count": count}
@@ -128,12 +125,9 @@ class MeanMetric(Metric):
         """Per-sample values (``[batch]`` or ``[batch, ...]``)."""
         raise NotImplementedError
 
-    def values_rank(self, out: TensorType, y_true_type: TensorType) -> int | None:
-        return None     # unknown: reduce via Flatten
-
     def emit(self, e, y_pred, y_true, sample_weight, out, y_true_type):
         v = self.values(e, y_pred, y_true, out, y_true_type)
-        return weighted_sums(e, v, sample_weight, self.values_rank(out, y_true_type))
+        return weighted_sums(e, v, sample_weight)
 
     def result(self, sums):
         return float(_divide_no_nan(np.sum(sums["total"]), np.sum(sums["count"])))

@@ -97,6 +97,8 @@ class Optimizer:
 
         ``lr`` and ``step`` are float32 scalars (``step`` is 1-based: Keras's ``iterations + 1``).
         """
+        if not params:
+            return []
         grads = self._clip(e, [g for _, g, _ in params])
         out = []
         for (w, _, slots), g in zip(params, grads):

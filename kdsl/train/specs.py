@@ -49,10 +49,12 @@ METRICS = {"accuracy", "binary_accuracy", "categorical_accuracy", "sparse_catego
            "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy", "precision", "recall", "auc",
            "mean_squared_error", "mean_absolute_error"}
 METRIC_ALIASES = {"acc": "accuracy", "mse": "mean_squared_error", "mae": "mean_absolute_error"}
-METRIC_ARGS = {"top_k_categorical_accuracy": {"k": int, "name": str},
+METRIC_ARGS = {"binary_accuracy": {"threshold": float, "name": str},
+               "top_k_categorical_accuracy": {"k": int, "name": str},
                "sparse_top_k_categorical_accuracy": {"k": int, "name": str},
                "precision": {"thresholds": float, "name": str}, "recall": {"thresholds": float, "name": str},
-               "auc": {"num_thresholds": int, "curve": str, "from_logits": bool, "name": str}}
+               "auc": {"num_thresholds": int, "curve": str, "from_logits": bool, "summation_method": str,
+                       "name": str}}
 FIT_KEYS: dict[str, type] = {"batch_size": int, "epochs": int, "validation_split": float, "shuffle": bool,
                              "steps_per_epoch": int, "initial_epoch": int, "verbose": int, "seed": int}
 COMPILE_KEYS = ("loss", "optimizer", "metrics", "loss_weights", "class_weight")
@@ -114,6 +116,7 @@ def canonical_loss(spec: Spec) -> Spec:
 
 
 def canonical_metric(spec: Spec) -> Spec:
+    original = spec.name
     key = METRIC_ALIASES.get(spec.name.lower(), spec.name.lower())
     if key not in METRICS:
         camel = {n.replace("_", ""): n for n in METRICS}
@@ -123,6 +126,8 @@ def canonical_metric(spec: Spec) -> Spec:
                         did_you_mean(spec.name, list(METRICS) + list(METRIC_ALIASES)))
     spec.name = key
     _check_kwargs(spec, METRIC_ARGS.get(key, {"name": str}), "metric")
+    if original != key and key != "accuracy" and original.lower() in METRIC_ALIASES:
+        spec.kwargs.setdefault("name", original)      # Keras logs a metric under the name it was given
     return spec
 
 
