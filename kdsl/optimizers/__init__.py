@@ -1,5 +1,7 @@
-"""Optimizers, as ``keras.optimizers``. For now only the learning-rate ``schedules``;
-the update rules themselves are built into the training graph."""
+"""Optimizers, as ``keras.optimizers``: Keras's update rules, written into the training graph,
+and the learning-rate ``schedules``."""
+from ..train.optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from ..train.optimizers import get_optimizer as get
 from . import schedules
 
-__all__ = ["schedules"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get", "schedules"]
