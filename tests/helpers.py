@@ -84,3 +84,17 @@ def run_layer(layer, inputs, weights=None, opset: int = 17, input_dtypes=None):
 
 def assert_close(actual, expected, rtol: float = 1e-5, atol: float = 1e-6) -> None:
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol)
+
+
+class ToCF(kdsl.layers.Layer):
+    """Test stand-in for a convolution: the identity, leaving its output channels-first."""
+
+    is_op = True
+
+    def compute_output_types(self, input_types):
+        return [input_types[0]]
+
+    def lower(self, ctx, node):
+        from kdsl.lower.context import CF
+
+        return [(ctx.get(node.inputs[0], CF), CF)]

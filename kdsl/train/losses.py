@@ -157,7 +157,24 @@ def _categorical_ce(e: Emitter, target: str, y_pred: str, from_logits: bool, axi
 
 
 # -- the losses -----------------------------------------------------------------------------------
-class CategoricalCrossentropy(Loss):
+class _SmoothedCrossentropy(Loss):
+    """Shared arguments of the categorical and binary cross-entropies (Keras's)."""
+
+    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0, axis: int = -1,
+                 reduction: str = "sum_over_batch_size", name: str | None = None):
+        super().__init__(reduction, name)
+        if isinstance(axis, bool):
+            raise KdslError(f"`axis` must be of type `int`. Received: axis={axis} of type {type(axis).__name__}")
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = float(label_smoothing)
+        self.axis = int(axis)
+
+    def get_config(self):
+        return super().get_config() | {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
+                                       "axis": self.axis}
+
+
+class CategoricalCrossentropy(_SmoothedCrossentropy):
     """``-sum(y_true * log(y_pred), axis)`` for one-hot (or soft) targets.
 
     ``label_smoothing``: ``y_true * (1 - ls) + ls / num_classes`` (``num_classes`` is the
@@ -169,16 +186,7 @@ class CategoricalCrossentropy(Loss):
 
     def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0, axis: int = -1,
                  reduction: str = "sum_over_batch_size", name: str | None = "categorical_crossentropy"):
-        super().__init__(reduction, name)
-        if isinstance(axis, bool):
-            raise KdslError(f"`axis` must be of type `int`. Received: axis={axis} of type {type(axis).__name__}")
-        self.from_logits = bool(from_logits)
-        self.label_smoothing = float(label_smoothing)
-        self.axis = int(axis)
-
-    def get_config(self):
-        return super().get_config() | {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
-                                       "axis": self.axis}
+        super().__init__(from_logits, label_smoothing, axis, reduction, name)
 
     def per_sample(self, e, y_pred, y_true, out):
         axis = _norm_axis(self.axis, out.rank, self.name)
@@ -261,7 +269,7 @@ class SparseCategoricalCrossentropy(Loss):
         return reduce_weighted(e, values, sample_weight, self.reduction, out.rank - 1, mask=mask)
 
 
-class BinaryCrossentropy(Loss):
+class BinaryCrossentropy(_SmoothedCrossentropy):
     """``mean(bce(y_true, y_pred), axis)``.
 
     On probabilities: ``p = clip(y_pred, eps, 1 - eps)``,
@@ -274,16 +282,7 @@ class BinaryCrossentropy(Loss):
 
     def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0, axis: int = -1,
                  reduction: str = "sum_over_batch_size", name: str | None = "binary_crossentropy"):
-        super().__init__(reduction, name)
-        if isinstance(axis, bool):
-            raise KdslError(f"`axis` must be of type `int`. Received: axis={axis} of type {type(axis).__name__}")
-        self.from_logits = bool(from_logits)
-        self.label_smoothing = float(label_smoothing)
-        self.axis = int(axis)
-
-    def get_config(self):
-        return super().get_config() | {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
-                                       "axis": self.axis}
+        super().__init__(from_logits, label_smoothing, axis, reduction, name)
 
     def per_sample(self, e, y_pred, y_true, out):
         axis = _norm_axis(self.axis, out.rank, self.name)

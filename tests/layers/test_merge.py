@@ -3,25 +3,11 @@ import numpy as np
 import pytest
 
 import kdsl
-from helpers import assert_close, run_layer
+from helpers import ToCF, assert_close, run_layer
 from kdsl.layers import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
-from kdsl.layers.base import Layer
-from kdsl.lower.context import CF
 
 RNG = np.random.default_rng(2)
 OPSETS = [17, 21]
-
-
-class ToCF(Layer):
-    """Test stand-in for a convolution: the identity, leaving its output channels-first."""
-
-    is_op = True
-
-    def compute_output_types(self, input_types):
-        return [input_types[0]]
-
-    def lower(self, ctx, node):
-        return [(ctx.get(node.inputs[0], CF), CF)]
 
 
 def ops_of(model, opset=17):

@@ -4,25 +4,11 @@ import pytest
 
 import kdsl
 import kdsl.layers
-from helpers import assert_close, check_export, run_layer
+from helpers import ToCF, assert_close, check_export, run_layer
 from kdsl.layers import BatchNormalization, LayerNormalization
-from kdsl.layers.base import Layer
-from kdsl.lower.context import CF
 
 RNG = np.random.default_rng(1)
 OPSETS = [17, 21]
-
-
-class ToCF(Layer):
-    """Test stand-in for a convolution: the identity, leaving its output channels-first."""
-
-    is_op = True
-
-    def compute_output_types(self, input_types):
-        return [input_types[0]]
-
-    def lower(self, ctx, node):
-        return [(ctx.get(node.inputs[0], CF), CF)]
 
 
 def chain(*layers, weighted):
