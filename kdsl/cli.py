@@ -110,9 +110,10 @@ def cmd_compile(args) -> int:
         path = out
     else:
         path = os.path.join(out, f"{model.name}.onnx")
+    model.export(path, opset=args.opset)      # None: the default, raised to what the layers need
+    used = max([DEFAULT_OPSET] + [getattr(l, "min_opset", DEFAULT_OPSET) for l in model.graph.layers()])
+    print(f"wrote {path}  ({model.count_params():,} parameters, opset {args.opset or used})")
     opset = args.opset or DEFAULT_OPSET
-    model.export(path, opset=opset)
-    print(f"wrote {path}  ({model.count_params():,} parameters, opset {opset})")
     if model.train_config is not None and not args.no_training_graphs:
         from .train.export import export_training_graphs
 

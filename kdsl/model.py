@@ -152,6 +152,8 @@ class Model(TrainingMixin):
         """The inference model as an ``onnx.ModelProto``."""
         from .lower import DEFAULT_OPSET, lower_graph
 
+        if opset is None:   # the default, raised to what the layers need (TextVectorization: 20)
+            opset = max([DEFAULT_OPSET] + [getattr(l, "min_opset", DEFAULT_OPSET) for l in self.graph.layers()])
         meta = {"kdsl.model": self.name}
         for k in ("file", "sha256"):
             if k in self.source:

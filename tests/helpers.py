@@ -55,7 +55,7 @@ def check_export(model: kdsl.Model, opset: int = 17) -> onnx.ModelProto:
     onnx.checker.check_model(proto, full_check=True)
     assert_shapes_agree(proto)
     for node in proto.graph.node:
-        assert node.domain in ("", "ai.onnx"), node.domain
+        assert node.domain in ("", "ai.onnx", "ai.onnx.ml"), node.domain
     return proto
 
 

@@ -77,4 +77,4 @@ def test_keras_npz_path(tmp_path):
 
 
 def test_package_exports():
-    assert kdsl.datasets.mnist is mnist and kdsl.datasets.__all__ == ["mnist"]
+    assert kdsl.datasets.mnist is mnist and kdsl.datasets.__all__ == ["mnist", "sentiment"]

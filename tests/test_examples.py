@@ -20,20 +20,29 @@ def test_examples_exist():
     assert {"mnist_mlp.kd", "mnist_cnn.kd", "resnet20.kd", "two_inputs.kd"} <= names
 
 
-@pytest.mark.parametrize("path", FILES, ids=os.path.basename)
-def test_example_compiles_and_runs(path, tmp_path):
-    assert main(["compile", path, "-o", str(tmp_path)]) == 0
-    model = kdsl.load(path)
-    assert model.train_config is not None, "every example has a train section"
+def _cases():
+    from kdsl.frontend.api import compile_file
+
+    return [(f, name) for f in FILES for name in compile_file(f).model_names]
+
+
+@pytest.mark.parametrize("path,name", _cases(), ids=lambda v: os.path.basename(v) if v.endswith(".kd") else v)
+def test_example_compiles_and_runs(path, name, tmp_path):
+    assert main(["compile", path, "--model", name, "-o", str(tmp_path)]) == 0
+    model = kdsl.load(path, model=name)
+    assert model.train_config is not None, "every example model has a train section"
     proto = onnx.load(str(tmp_path / f"{model.name}.onnx"))
     onnx.checker.check_model(proto, full_check=True)
-    check_export(model)
+    opset = proto.opset_import[0].version
+    check_export(model, opset)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {}
     for v in model.inputs:
         shape = (3,) + tuple(d if isinstance(d, int) else 5 for d in v.type.shape[1:])
-        if v.type.is_int:
+        if v.type.dtype == "string":
+            feeds[v.name] = np.array(["A fine, fine film!", "not good...", "ok"], dtype=object).reshape(shape)
+        elif v.type.is_int:
             feeds[v.name] = rng.integers(0, 10, size=shape).astype(v.type.dtype)
         else:
             feeds[v.name] = rng.uniform(0, 1, size=shape).astype(v.type.dtype)

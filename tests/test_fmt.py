@@ -6,6 +6,7 @@ import random
 import shutil
 import stat
 
+import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -96,17 +97,28 @@ train m {
 """
 
 
+def _strip_doc_strings(graph) -> None:
+    """Source locations live in node doc strings, subgraphs (Loop bodies) included."""
+    for n in graph.node:
+        n.doc_string = ""
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _strip_doc_strings(a.g)
+
+
 def canonical_onnx(text: str, name: str = "<string>") -> bytes:
     """The compiled ONNX without what legitimately depends on the text's layout
     (source locations in node doc strings, the source's SHA-256)."""
-    model = compile_text(text, os.path.basename(name), base_dir=os.path.dirname(name) or EXAMPLES).build()
-    proto = model.to_onnx()
-    for n in proto.graph.node:
-        n.doc_string = ""
-    keep = [p for p in proto.metadata_props if p.key != "kdsl.source_sha256"]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    return proto.SerializeToString()
+    cf = compile_text(text, os.path.basename(name), base_dir=os.path.dirname(name) or EXAMPLES)
+    out = b""
+    for model_name in cf.model_names:          # every model of the file
+        proto = cf.build(model_name).to_onnx()
+        _strip_doc_strings(proto.graph)
+        keep = [p for p in proto.metadata_props if p.key != "kdsl.source_sha256"]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(keep)
+        out += proto.SerializeToString()
+    return out
 
 
 def comments(text: str) -> list[str]:

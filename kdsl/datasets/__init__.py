@@ -1,4 +1,4 @@
 """Small real data sets bundled with kdsl, as ``keras.datasets`` (nothing is downloaded)."""
-from . import mnist
+from . import mnist, sentiment
 
-__all__ = ["mnist"]
+__all__ = ["mnist", "sentiment"]

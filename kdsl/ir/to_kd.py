@@ -6,6 +6,7 @@ names) survive the round trip; a layer called more than once is declared with
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -36,7 +37,7 @@ def format_value(v: Any) -> str:
     if v is None:
         return "none"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(v, ensure_ascii=False)   # escapes quotes, backslashes and control characters
     if isinstance(v, float):
         r = repr(v)
         return r if ("." in r or "e" in r or "inf" in r or "nan" in r) else r + ".0"

@@ -160,7 +160,10 @@ class _GlobalPooling(Layer):
             count = e.reduce("ReduceSum", mf, [1], self.keepdims)
             return e.op("Div", [total, count])
         lowest = e.const(np.asarray(np.finfo(np.float32).min, np.float32), hint="lowest")
-        return e.reduce("ReduceMax", e.op("Where", [m, x, lowest]), [1], self.keepdims)
+        pooled = e.reduce("ReduceMax", e.op("Where", [m, x, lowest]), [1], self.keepdims)
+        # a row whose steps are all masked (an empty text) pools to 0, not to float32's minimum
+        any_step = e.op("Cast", [e.reduce("ReduceMax", e.cast(m, "float32"), [1], self.keepdims)], to=9)
+        return e.op("Where", [any_step, pooled, e.scalar(0.0)])
 
 
 _GLOBAL_DOC = """Global {kind} pooling over the {what} axes.

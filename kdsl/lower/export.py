@@ -126,7 +126,9 @@ def make_model(g: onnx.GraphProto, opset: int, metadata: dict[str, str] | None =
     for k, v in (metadata or {}).items():
         p = model.metadata_props.add()
         p.key, p.value = k, v
-    return model
+    from ..layers.text import add_opset_imports   # ai.onnx.ml for LabelEncoder (TextVectorization)
+
+    return add_opset_imports(model)
 
 
 def source_hash(text: str) -> str:

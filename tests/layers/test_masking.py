@@ -56,3 +56,12 @@ def test_masked_model_round_trips_through_kd():
     ids = RNG.integers(0, 10, size=(4, 6))
     again.set_weights(m.get_weights())
     assert_close(again.predict(ids), m.predict(ids))
+
+
+def test_an_all_masked_row_pools_to_zero():
+    for pool in (L.GlobalMaxPooling1D, L.GlobalAveragePooling1D):
+        m = model(pool)
+        out = m.predict(np.array([[0, 0, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0]]))
+        if pool is L.GlobalMaxPooling1D:
+            assert_close(out[0], np.zeros(3))       # an empty text: no step to take the max of
+        assert np.isfinite(out[1]).all()
