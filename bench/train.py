@@ -412,7 +412,8 @@ def profile_kdsl(model, x, y, args, top: int) -> dict:
         nd[0] += e["dur"]
         nd[1] = op
         shapes = a.get("output_type_shape") or []
-        nd[2] = nd[2] or "x".join(str(v) for s in shapes[:1] for v in next(iter(s.values()), [])) if shapes else ""
+        if not nd[2] and shapes:          # the first step's (full batch) output shape
+            nd[2] = "x".join(str(v) for v in next(iter(shapes[0].values()), []))
         by_phase[_phase(node)] += e["dur"]
     kernel_us = sum(v[0] for v in by_op.values())
     run_us = statistics.median(runs) if runs else float("nan")

@@ -84,7 +84,9 @@ class Binary(Layer):
         e = ctx.e
         if self.constant is not None:
             x, layout = ctx.get_any(node.inputs[0])
-            c = e.const(np.asarray(self.constant, dtype=node.inputs[0].type.dtype), hint="scalar")
+            # of the tensor's rank: much faster broadcasting in onnxruntime than a rank-0 scalar
+            c = e.const(np.full([1] * node.inputs[0].type.rank, self.constant, dtype=node.inputs[0].type.dtype),
+                        hint="scalar")
             args = [c, x] if self.const_first else [x, c]
             return e.op(_ONNX_BINARY[self.op], args), layout
         if self.op == "matmul":
