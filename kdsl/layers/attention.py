@@ -19,6 +19,7 @@ from ..lower.context import CL
 from .args import ArgError, check_int, check_rate
 from .base import Layer, ShapeError, register
 from .core import _salt, uniform_hash
+from .embedding import ids_mask
 
 __all__ = ["MultiHeadAttention", "PositionEmbedding", "TokenAndPositionEmbedding"]
 
@@ -467,11 +468,7 @@ class TokenAndPositionEmbedding(Layer):
         self.mask_zero = bool(mask_zero)
 
     def compute_mask(self, inputs, mask):
-        if not self.mask_zero:
-            return None
-        from .ops import NotZero
-
-        return NotZero()(inputs[0], span=None)
+        return ids_mask(inputs[0]) if self.mask_zero else None
 
     def _check(self, t: TensorType) -> None:
         if t.rank < 2:

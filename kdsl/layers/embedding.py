@@ -9,6 +9,13 @@ from .base import Layer, register
 __all__ = ["Embedding"]
 
 
+def ids_mask(ids):
+    """The mask of ``mask_zero`` embeddings: ``ids != 0`` (Keras's padding id)."""
+    from .ops import NotZero
+
+    return NotZero()(ids, span=None)
+
+
 @register
 class Embedding(Layer):
     """Turns non-negative integers (indices) into dense vectors of fixed size.
@@ -38,11 +45,7 @@ class Embedding(Layer):
         self.mask_zero = bool(mask_zero)
 
     def compute_mask(self, inputs, mask):
-        if not self.mask_zero:
-            return None
-        from .ops import NotZero
-
-        return NotZero()(inputs[0], span=None)
+        return ids_mask(inputs[0]) if self.mask_zero else None
 
     def build(self, input_types):
         self.add_weight("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)

@@ -40,26 +40,33 @@ def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+def arrays_by_name(value, names: list[str], what: str, kind: str) -> list:
+    """``value`` (one array, a list of arrays, or a dict by name) as one array per name, in order.
+
+    ``kind`` says what the names are ("input", "output") for the error messages.
+    """
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        missing = [n for n in names if n not in value]
+        if unknown:
+            raise KdslError(f"`{what}` has keys {unknown} that are not model {kind}s {names}.")
+        if missing:
+            raise KdslError(f"`{what}` lacks arrays for the {kind}s {missing}.")
+        return [value[n] for n in names]
+    if isinstance(value, (list, tuple)) and len(names) > 1:
+        if len(value) != len(names):
+            raise KdslError(f"The model has {len(names)} {kind}s {names}; `{what}` must be a list of "
+                            f"{len(names)} arrays. Received: {len(value)}.")
+        return list(value)
+    if len(names) != 1:
+        raise KdslError(f"The model has {len(names)} {kind}s {names}; pass `{what}` as a list or a dict by "
+                        f"{kind} name. Received: one array.")
+    return [value]
+
+
 def as_feeds(x: Any, inputs: Sequence[tuple[str, TensorType]], what: str = "x") -> dict[str, np.ndarray]:
     """Turn ``x`` (array, list of arrays, or dict by input name) into checked feeds."""
-    names = [n for n, _ in inputs]
-    if isinstance(x, dict):
-        unknown = sorted(set(x) - set(names))
-        missing = [n for n in names if n not in x]
-        if unknown or missing:
-            raise KdslError(f"`{what}` must have one array per model input {names}. "
-                            f"Received keys: {sorted(x)}.")
-        arrays = [x[n] for n in names]
-    elif isinstance(x, (list, tuple)) and len(names) > 1:
-        if len(x) != len(names):
-            raise KdslError(f"The model has {len(names)} inputs {names}; `{what}` must be a list of "
-                            f"{len(names)} arrays. Received: {len(x)}.")
-        arrays = list(x)
-    else:
-        if len(names) != 1:
-            raise KdslError(f"The model has {len(names)} inputs {names}; pass a list or a dict of arrays "
-                            f"as `{what}`. Received: one array.")
-        arrays = [x]
+    arrays = arrays_by_name(x, [n for n, _ in inputs], what, "input")
     feeds = {}
     n = None
     for (name, t), a in zip(inputs, arrays):

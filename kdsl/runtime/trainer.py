@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import KdslError
 from ..ir import DTYPES, TensorType
-from .session import as_feeds, resolve_providers
+from .session import arrays_by_name, as_feeds, resolve_providers
 
 if TYPE_CHECKING:
     from ..lower.training import TrainingProgram, TrainSetup
@@ -44,25 +44,7 @@ def keras_from_onnx(layer, w, array: np.ndarray) -> np.ndarray:
 
 def prepare_targets(y, outputs: list[tuple[str, TensorType]], n: int, what: str = "y") -> dict[str, np.ndarray]:
     """Targets by output name, reshaped/cast to the loss's target type, checked against ``n``."""
-    names = [o for o, _ in outputs]
-    if isinstance(y, dict):
-        missing = [o for o in names if o not in y]
-        unknown = sorted(set(y) - set(names))
-        if unknown:
-            raise KdslError(f"`{what}` has keys {unknown} that are not outputs with a loss {names}.")
-        if missing:
-            raise KdslError(f"`{what}` lacks targets for outputs {missing}.")
-        arrays = [y[o] for o in names]
-    elif isinstance(y, (list, tuple)) and len(names) > 1:
-        if len(y) != len(names):
-            raise KdslError(f"The model trains {len(names)} outputs {names}; `{what}` must have "
-                            f"{len(names)} arrays. Received: {len(y)}.")
-        arrays = list(y)
-    else:
-        if len(names) != 1:
-            raise KdslError(f"The model trains {len(names)} outputs {names}; pass `{what}` as a list or a "
-                            "dict by output name.")
-        arrays = [y]
+    arrays = arrays_by_name(y, [o for o, _ in outputs], what, "output")
     out = {}
     for (name, t), a in zip(outputs, arrays):
         a = np.asarray(a)

@@ -140,3 +140,21 @@ def test_fit_errors_are_clear():
         m.fit(X, Y[:, :1].repeat(3, 1))
     with pytest.raises(kdsl.KdslError, match="has 10 samples; the inputs have 200"):
         m.fit(X, Y[:10])
+
+
+def test_arrays_by_name_errors_for_inputs_and_targets():
+    a, b = kdsl.Input((3,), name="a"), kdsl.Input((3,), name="b")
+    m = kdsl.Model([a, b], {"p": L.Dense(1)(a), "q": L.Dense(1)(b)})
+    m.compile(optimizer="sgd", loss="mse")
+    xa = np.zeros((4, 3), "float32")
+    ya = np.zeros((4, 1), "float32")
+    with pytest.raises(kdsl.KdslError, match=r"The model has 2 inputs \['a', 'b'\]; pass `x` as a list or a dict"):
+        m.predict(xa)
+    with pytest.raises(kdsl.KdslError, match=r"`x` has keys \['c'\] that are not model inputs"):
+        m.predict({"a": xa, "b": xa, "c": xa})
+    with pytest.raises(kdsl.KdslError, match=r"`x` lacks arrays for the inputs \['b'\]"):
+        m.predict({"a": xa})
+    with pytest.raises(kdsl.KdslError, match=r"`y` must be a list of 2 arrays. Received: 3"):
+        m.fit([xa, xa], [ya, ya, ya], verbose=0)
+    with pytest.raises(kdsl.KdslError, match=r"`y` lacks arrays for the outputs \['q'\]"):
+        m.fit([xa, xa], {"p": ya}, verbose=0)
