@@ -46,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("-o", "--output", default=None,
                    help="output .onnx file, or a directory to write <model>.onnx into (default: .)")
-    p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17-21, default 17)")
+    p.add_argument("--opset", type=int, default=None,
+                   help="target ONNX opset (17-21; default 17, or 20 for a TextVectorization model "
+                        "without --no-preprocessing)")
+    p.add_argument("--no-preprocessing", action="store_true",
+                   help="leave the host-side preprocessing (TextVectorization) out of the inference model: "
+                        "it then takes int64 token ids [batch, output_sequence_length] instead of raw "
+                        "strings, under the same input name, and works at opset 17-19 too")
     p.add_argument("--no-training-graphs", action="store_true",
                    help="do not write the training graphs for a model with a train section")
     p.add_argument("--ort-training-artifacts", nargs="?", const="", default=None, metavar="DIR",
@@ -103,6 +109,7 @@ def _load(args):
 
 def cmd_compile(args) -> int:
     from .lower import DEFAULT_OPSET
+    from .lower.export import default_opset
 
     _, model = _load(args)
     out = args.output or "."
@@ -110,9 +117,11 @@ def cmd_compile(args) -> int:
         path = out
     else:
         path = os.path.join(out, f"{model.name}.onnx")
-    model.export(path, opset=args.opset)      # None: the default, raised to what the layers need
-    used = max([DEFAULT_OPSET] + [getattr(l, "min_opset", DEFAULT_OPSET) for l in model.graph.layers()])
-    print(f"wrote {path}  ({model.count_params():,} parameters, opset {args.opset or used})")
+    include = not args.no_preprocessing
+    model.export(path, opset=args.opset, include_preprocessing=include)   # None: raised to what the layers need
+    used = args.opset or default_opset(model.graph, skip_host_preprocessing=not include)
+    print(f"wrote {path}  ({model.count_params():,} parameters, opset {used}"
+          f"{'' if include else ', int token-id inputs'})")
     opset = args.opset or DEFAULT_OPSET
     if model.train_config is not None and not args.no_training_graphs:
         from .train.export import export_training_graphs

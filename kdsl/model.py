@@ -148,24 +148,46 @@ class Model(TrainingMixin):
         return sum(layer.count_params() for layer in self.graph.layers())
 
     # -- export and inference ------------------------------------------------------------
-    def to_onnx(self, opset: int | None = None, training: bool = False):
-        """The inference model as an ``onnx.ModelProto``."""
-        from .lower import DEFAULT_OPSET, lower_graph
+    def to_onnx(self, opset: int | None = None, training: bool = False, include_preprocessing: bool = True):
+        """The inference model as an ``onnx.ModelProto``.
 
-        if opset is None:   # the default, raised to what the layers need (TextVectorization: 20)
-            opset = max([DEFAULT_OPSET] + [getattr(l, "min_opset", DEFAULT_OPSET) for l in self.graph.layers()])
+        Args:
+            opset: the ONNX opset (17-21); None: 17, raised to what the exported layers need
+                (TextVectorization: 20).
+            training: lower in training mode (dropout on, batch statistics).
+            include_preprocessing: True (default): the model contains its host-side
+                preprocessing layers (TextVectorization) and takes their raw inputs (strings).
+                False: the int-token model: those layers are left out and each input they consumed
+                takes their output instead, under the input's own name (int64 token ids
+                ``[batch, output_sequence_length]``), as the training graphs do; it needs no
+                string ops, so it exports at opset 17-19 too. Vectorize on the host with
+                ``model.get_layer(name)(texts)``; the metadata ``kdsl.token_input.<input>`` and
+                ``kdsl.vocabulary.<layer>`` describe it.
+        """
+        from .lower import lower_graph
+        from .lower.export import default_opset
+
+        skip = not _check_bool(include_preprocessing, "include_preprocessing")
+        if opset is None:
+            opset = default_opset(self.graph, skip_host_preprocessing=skip)
         meta = {"kdsl.model": self.name}
         for k in ("file", "sha256"):
             if k in self.source:
                 meta[f"kdsl.source_{k}"] = str(self.source[k])
-        return lower_graph(self.graph, opset or DEFAULT_OPSET, training=training, metadata=meta,
-                           doc=f"kdsl model '{self.name}'")
+        if skip:
+            meta.update(_host_preprocessing_metadata(self.graph))
+        return lower_graph(self.graph, opset, training=training, metadata=meta,
+                           doc=f"kdsl model '{self.name}'", skip_host_preprocessing=skip)
 
-    def export(self, path: str, opset: int | None = None) -> str:
-        """Write the inference model to ``path`` (atomically) and return the path."""
+    def export(self, path: str, opset: int | None = None, include_preprocessing: bool = True) -> str:
+        """Write the inference model to ``path`` (atomically) and return the path.
+
+        ``include_preprocessing=False`` writes the int-token model (see :meth:`to_onnx`).
+        """
         from .runtime import atomic_write_bytes
 
-        atomic_write_bytes(path, self.to_onnx(opset).SerializeToString())
+        proto = self.to_onnx(opset, include_preprocessing=include_preprocessing)
+        atomic_write_bytes(path, proto.SerializeToString())
         return path
 
     def predict(self, x, batch_size: int = 32, verbose: int = 0, providers=None):
@@ -218,6 +240,23 @@ class Model(TrainingMixin):
 
     def __repr__(self) -> str:
         return f"<kdsl.Model '{self.name}' inputs={self.input_names} outputs={self.output_names}>"
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise KdslError(f"`{name}` must be True or False. Received: {name}={value!r:.40}")
+    return value
+
+
+def _host_preprocessing_metadata(graph: Graph) -> dict[str, str]:
+    """What a deployer of the int-token model needs per skipped preprocessing layer
+    (each layer's ``host_preprocessing_metadata``)."""
+    from .lower.export import host_preprocessing_nodes
+
+    meta: dict[str, str] = {}
+    for input_name, node in host_preprocessing_nodes(graph).items():
+        meta.update(node.layer.host_preprocessing_metadata(input_name))
+    return meta
 
 
 def _trace(inputs, outputs, name: str) -> Graph:

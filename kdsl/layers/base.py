@@ -262,6 +262,12 @@ class Layer:
     def count_params(self) -> int:
         return sum(w.size for w in self.weights)
 
+    def host_preprocessing_metadata(self, input_name: str) -> dict[str, str]:
+        """For a ``host_preprocessing`` layer left out of an export (the int-token model), the
+        ONNX ``metadata_props`` entries telling a deployer how to compute the graph input
+        ``input_name`` on the host. Default: none."""
+        return {}
+
     def type_name(self) -> str:
         """What the summary shows as the layer's type (the class; ops show their function)."""
         return type(self).__name__

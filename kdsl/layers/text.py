@@ -9,6 +9,11 @@ The layer runs in two places and gives the same ids in both:
   standardizes, splits, looks up and pads with standard ONNX ops (opset 20 or later, plus
   ``ai.onnx.ml.LabelEncoder`` for the lookup).
 
+``model.export(path, include_preprocessing=False)`` writes the int-token model instead: the
+layer is left out, as in the training graphs, and the input (same name) takes the int64 ids
+``host_apply`` returns; it needs no string op, so any opset from 17 works, and its metadata
+(:meth:`TextVectorization.host_preprocessing_metadata`) carries the vocabulary.
+
 Keras's exact rules (Keras 3, ``keras/src/layers/preprocessing/text_vectorization.py``):
 
 - ``"lower"``: ``tf.strings.lower(x)`` with its default ``encoding=""``, which lowercases
@@ -35,6 +40,7 @@ the substitution first), and ``LabelEncoder`` maps the tokens to ids.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import string
 from collections import Counter
@@ -183,6 +189,11 @@ class TextVectorization(Layer):
     In training, the layer runs on the host (Python) and the training graphs start at its
     output. The inference ONNX model contains it and takes the raw strings; it needs
     ONNX opset 20 or later (``StringSplit``/``StringConcat``) and imports ``ai.onnx.ml``.
+    ``model.export(path, include_preprocessing=False)`` (``kdsl compile --no-preprocessing``)
+    leaves it out instead: the model's input, under the same name, is then the int64 ids
+    ``(batch, output_sequence_length)`` that ``layer(texts)`` (``layer.host_apply(texts)``)
+    returns, any opset from 17 works, and the ONNX metadata ``kdsl.token_input.<input>`` and
+    ``kdsl.vocabulary.<layer>`` (JSON) describe the vectorization.
     """
 
     host_preprocessing: ClassVar[bool] = True
@@ -314,6 +325,21 @@ class TextVectorization(Layer):
             out[i, :len(s)] = s
         return out
 
+    def host_preprocessing_metadata(self, input_name: str) -> dict[str, str]:
+        """The int-token model's metadata (JSON values): ``kdsl.token_input.<input_name>`` says the
+        input is this layer's int64 ids (layer name, vocabulary size, ``output_sequence_length``,
+        padding and OOV ids, standardize and split modes); ``kdsl.vocabulary.<layer name>`` is the
+        vocabulary with the special tokens, a token's position being its id."""
+        layer = self.display_name()
+        vocab_key = f"kdsl.vocabulary.{layer}"
+        info = {"layer": layer, "class": type(self).__name__, "dtype": "int64",
+                "vocabulary_size": self.vocabulary_size(),
+                "output_sequence_length": self.output_sequence_length,
+                "padding_id": 0, "oov_id": 1, "standardize": self.standardize, "split": self.split,
+                "vocabulary": vocab_key}
+        return {f"kdsl.token_input.{input_name}": json.dumps(info),
+                vocab_key: json.dumps(self.get_vocabulary(), ensure_ascii=False)}
+
     def __call__(self, inputs, span=None, **call_args):
         """On tensors: add the layer to a model. On strings (a list or array): vectorize them
         now, as calling a Keras layer eagerly does."""
@@ -352,8 +378,10 @@ class TextVectorization(Layer):
                 f"TextVectorization '{self.display_name()}' needs ONNX opset {MIN_OPSET} or later in the "
                 f"inference model (StringSplit and StringConcat are opset-{MIN_OPSET} ops). Received: "
                 f"opset={e.opset}.",
-                hint=f"export with opset={MIN_OPSET} or 21, or export the token-id model without the text "
-                     "preprocessing (its input is the int64 ids that layer(texts) / host_apply returns)")
+                hint=f"export with opset={MIN_OPSET} or 21, or export the int64 token-id model with "
+                     "include_preprocessing=False (model.export(path, include_preprocessing=False), "
+                     "`kdsl compile --no-preprocessing`) and vectorize on the host with "
+                     f"model.get_layer('{self.display_name()}')(texts), i.e. layer.host_apply(texts)")
         # not adapted yet: like Keras's un-adapted layer, every token is out of vocabulary
         vocab = list(self.vocabulary or [])
         v = node.inputs[0]

@@ -15,7 +15,8 @@ from .emitter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_DTYPE, Emitter
 if TYPE_CHECKING:
     pass
 
-__all__ = ["lower_graph", "lower_body", "value_info", "ir_version_for", "check_opset", "make_model"]
+__all__ = ["lower_graph", "lower_body", "value_info", "ir_version_for", "check_opset", "make_model",
+           "host_preprocessing_nodes", "input_types", "default_opset"]
 
 
 def check_opset(opset: int) -> int:
@@ -48,14 +49,56 @@ def host_preprocessing_nodes(graph: Graph) -> dict[str, "Node"]:
     return out
 
 
+def _check_skippable(graph: Graph, skipped: dict[str, Node]) -> None:
+    """Every input replaced by its preprocessing layer's output must feed that layer only."""
+    skipped_ids = {id(n) for n in skipped.values()}
+    by_id = {v.id: v.name for v in graph.inputs if v.name in skipped}
+    for node in graph.nodes:
+        if id(node) in skipped_ids:
+            continue
+        for v in [*node.inputs, node.mask, *node.masks]:
+            if v is not None and v.id in by_id:
+                name = by_id[v.id]
+                raise KdslError(
+                    f"Input '{name}' feeds the host-side preprocessing layer "
+                    f"'{skipped[name].layer.display_name()}' and also layer '{node.layer.display_name()}'. "
+                    "Expected the preprocessing layer to be its only consumer, so that the graph can "
+                    "start at that layer's output.", node.span,
+                    hint="give the other layer its own input, or keep the preprocessing in the graph "
+                         "(include_preprocessing=True)")
+    for out_name, v in graph.outputs:
+        if v.id in by_id:
+            raise KdslError(f"Input '{by_id[v.id]}' is also the model output '{out_name}'; it cannot be "
+                            "replaced by its host-side preprocessing layer's output.",
+                            hint="keep the preprocessing in the graph (include_preprocessing=True)")
+
+
+def input_types(graph: Graph, skip_host_preprocessing: bool = False) -> list[tuple[str, TensorType]]:
+    """The graph inputs' names and types. With ``skip_host_preprocessing``, an input consumed by a
+    host-side preprocessing layer (TextVectorization) has that layer's output type (int64 token
+    ids), under the input's own name."""
+    pre = host_preprocessing_nodes(graph) if skip_host_preprocessing else {}
+    return [(v.name, pre[v.name].outputs[0].type if v.name in pre else v.type) for v in graph.inputs]
+
+
+def default_opset(graph: Graph, skip_host_preprocessing: bool = False) -> int:
+    """``DEFAULT_OPSET``, raised to the ``min_opset`` of the layers the export contains
+    (TextVectorization: 20, unless it is skipped)."""
+    skipped = {id(n) for n in host_preprocessing_nodes(graph).values()} if skip_host_preprocessing else set()
+    return max([DEFAULT_OPSET] + [getattr(n.layer, "min_opset", DEFAULT_OPSET)
+                                  for n in graph.nodes if id(n) not in skipped])
+
+
 def lower_body(ctx: LowerContext, graph: Graph, skip_host_preprocessing: bool = False) -> None:
     """Place the graph's inputs under their names and lower every node, in order.
 
-    With ``skip_host_preprocessing`` (training graphs), an input consumed by a host-side
-    preprocessing layer is replaced by that layer's output, under the input's name.
+    With ``skip_host_preprocessing`` (training graphs, the int-token inference model), an input
+    consumed by a host-side preprocessing layer is replaced by that layer's output, under the
+    input's name.
     """
     e = ctx.e
     skipped = host_preprocessing_nodes(graph) if skip_host_preprocessing else {}
+    _check_skippable(graph, skipped)
     skipped_ids = {id(n) for n in skipped.values()}
     for v in graph.inputs:
         e.reserve(v.name)
@@ -77,15 +120,21 @@ def lower_body(ctx: LowerContext, graph: Graph, skip_host_preprocessing: bool = 
 
 
 def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False,
-                metadata: dict[str, str] | None = None, doc: str = "") -> onnx.ModelProto:
-    """Lower ``graph`` (layers already named, weights materialised) to an ONNX model."""
+                metadata: dict[str, str] | None = None, doc: str = "",
+                skip_host_preprocessing: bool = False) -> onnx.ModelProto:
+    """Lower ``graph`` (layers already named, weights materialised) to an ONNX model.
+
+    With ``skip_host_preprocessing``, the host-side preprocessing layers applied to inputs are
+    left out and those inputs take the layers' outputs (the int-token model; see
+    ``Model.to_onnx(include_preprocessing=False)``).
+    """
     check_opset(opset)
     e = Emitter(opset)
     ctx = LowerContext(e, training=training)
     out_names = {name for name, _ in graph.outputs}
     for n in out_names:
         e.reserve(n)
-    lower_body(ctx, graph)
+    lower_body(ctx, graph, skip_host_preprocessing)
 
     renames: dict[str, str] = {}
     outputs = []
@@ -107,7 +156,7 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False
             if x in renames:
                 node.output[i] = renames[x]
 
-    inputs = [value_info(v.name, v.type) for v in graph.inputs]
+    inputs = [value_info(n, t) for n, t in input_types(graph, skip_host_preprocessing)]
     out_set = set(out_names) | graph_inputs
     infos = [value_info(renames.get(n, n), t) for n, t in ctx.types.items()
              if renames.get(n, n) not in out_set]

@@ -30,7 +30,7 @@ from .autodiff_nn import prepare_forward, prune_dead_nodes   # also registers th
 from .autodiff import backprop
 from .context import CL, LowerContext
 from .emitter import ONNX_DTYPE, Emitter
-from .export import check_opset, lower_body, make_model, value_info
+from .export import check_opset, input_types, lower_body, make_model, value_info
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -88,15 +88,6 @@ def log_names(output_names: list[str], setup: TrainSetup) -> tuple[list[tuple[st
     return losses, metrics
 
 
-def data_input_types(graph) -> list[tuple[str, TensorType]]:
-    """The training graphs' data inputs: the model's inputs, or for an input consumed by a
-    host-side preprocessing layer (TextVectorization), that layer's output type."""
-    from .export import host_preprocessing_nodes
-
-    pre = host_preprocessing_nodes(graph)
-    return [(v.name, pre[v.name].outputs[0].type if v.name in pre else v.type) for v in graph.inputs]
-
-
 def _infer(e: Emitter, inputs: list[onnx.ValueInfoProto], opset: int, outputs: list[str]):
     """Shapes and dtypes of every value so far, from ONNX shape inference."""
     g = helper.make_graph(list(e.nodes), "infer", inputs,
@@ -141,7 +132,7 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
     if training:
         ctx.step = "step"
     lower_body(ctx, graph, skip_host_preprocessing=True)
-    inputs = [value_info(n, t) for n, t in data_input_types(graph)]
+    inputs = [value_info(n, t) for n, t in input_types(graph, skip_host_preprocessing=True)]
     targets, sws, per_output = [], [], []
     out_names = [n for n, _ in graph.outputs]
     loss_logs, metric_logs = log_names(out_names, setup)
@@ -264,7 +255,7 @@ def build_training(model: "Model", setup: TrainSetup, opset: int = 17) -> Traini
     train, state, meta = _build(model, setup, opset, training=True)
     evalm, eval_state, _ = _build(model, setup, opset, training=False)
     return TrainingProgram(train=train, eval=evalm,
-                           data_inputs=data_input_types(model.graph),
+                           data_inputs=input_types(model.graph, skip_host_preprocessing=True),
                            targets=meta["targets"], sample_weights=meta["sample_weights"], state=state,
                            losses=meta["losses"], metrics=meta["metrics"],
                            eval_state=[s.name for s in eval_state])
