@@ -158,7 +158,8 @@ class _GlobalPooling(Layer):
             mf = e.cast(m, self.dtype)
             total = e.reduce("ReduceSum", e.op("Mul", [x, mf]), [1], self.keepdims)
             count = e.reduce("ReduceSum", mf, [1], self.keepdims)
-            return e.op("Div", [total, count])
+            # an all-masked row (an empty text) pools to 0 (Keras divides 0 by 0: NaN)
+            return e.op("Div", [total, e.op("Max", [count, e.scalar(1.0, self.dtype)])])
         lowest = e.const(np.asarray(np.finfo(np.float32).min, np.float32), hint="lowest")
         pooled = e.reduce("ReduceMax", e.op("Where", [m, x, lowest]), [1], self.keepdims)
         # a row whose steps are all masked (an empty text) pools to 0, not to float32's minimum
@@ -173,29 +174,36 @@ _GLOBAL_DOC = """Global {kind} pooling over the {what} axes.
         keepdims: whether to keep the pooled axes with size 1.
 
     Input shape: ``(batch, {dims}, channels)``.
-    Output shape: ``(batch, channels)``, or ``(batch, {ones}, channels)`` with ``keepdims=True``.
+    Output shape: ``(batch, channels)``, or ``(batch, {ones}, channels)`` with ``keepdims=True``.{mask}
     """
+
+_MASK_DOC = """
+
+    Masking: with a mask from ``Embedding(mask_zero=True)``, only the unmasked steps are pooled;
+    a row whose steps are all masked (an empty text) pools to 0 (Keras's average gives NaN)."""
 
 
 @register
 class GlobalAveragePooling1D(_GlobalPooling):
     rank, onnx_op = 1, "ReduceMean"
-    __doc__ = _GLOBAL_DOC.format(kind="average", what="steps", dims="steps", ones="1")
+    __doc__ = _GLOBAL_DOC.format(kind="average", what="steps", dims="steps", ones="1", mask=_MASK_DOC)
 
 
 @register
 class GlobalAveragePooling2D(_GlobalPooling):
     rank, onnx_op = 2, "ReduceMean"
-    __doc__ = _GLOBAL_DOC.format(kind="average", what="height and width", dims="height, width", ones="1, 1")
+    __doc__ = _GLOBAL_DOC.format(kind="average", what="height and width", dims="height, width", ones="1, 1",
+                                 mask="")
 
 
 @register
 class GlobalMaxPooling1D(_GlobalPooling):
     rank, onnx_op = 1, "ReduceMax"
-    __doc__ = _GLOBAL_DOC.format(kind="max", what="steps", dims="steps", ones="1")
+    __doc__ = _GLOBAL_DOC.format(kind="max", what="steps", dims="steps", ones="1", mask=_MASK_DOC)
 
 
 @register
 class GlobalMaxPooling2D(_GlobalPooling):
     rank, onnx_op = 2, "ReduceMax"
-    __doc__ = _GLOBAL_DOC.format(kind="max", what="height and width", dims="height, width", ones="1, 1")
+    __doc__ = _GLOBAL_DOC.format(kind="max", what="height and width", dims="height, width", ones="1, 1",
+                                 mask="")

@@ -62,6 +62,5 @@ def test_an_all_masked_row_pools_to_zero():
     for pool in (L.GlobalMaxPooling1D, L.GlobalAveragePooling1D):
         m = model(pool)
         out = m.predict(np.array([[0, 0, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0]]))
-        if pool is L.GlobalMaxPooling1D:
-            assert_close(out[0], np.zeros(3))       # an empty text: no step to take the max of
-        assert np.isfinite(out[1]).all()
+        assert_close(out[0], np.zeros(3))           # an empty text: no step to pool (Keras: NaN for the average)
+        assert np.isfinite(out[1]).all() and np.abs(out[1]).max() > 0
