@@ -193,6 +193,12 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             cb.set_model(model)
 
+    def wants_batch_logs(self) -> bool:
+        """Whether a callback looks at the logs of training batches (overrides
+        ``on_train_batch_end`` or ``on_batch_end``); if none does, the fit loop skips computing them."""
+        return any(type(cb).on_train_batch_end is not Callback.on_train_batch_end
+                   or type(cb).on_batch_end is not Callback.on_batch_end for cb in self.callbacks)
+
     def __iter__(self):
         return iter(self.callbacks)
 

@@ -123,6 +123,24 @@ def _identity_out(e: Emitter, src: str, name: str) -> None:
     e.op("Identity", [src], out=name)
 
 
+def _name_outputs(e: Emitter, outputs: list[tuple[str, str]], graph_inputs: set[str]) -> None:
+    """Give each ``(value, name)`` its output name: the node computing ``value`` writes ``name``
+    directly (an ``Identity`` would copy every updated weight and slot once more per step);
+    an ``Identity`` only where the value is a graph input, an initializer, or named twice."""
+    producer = {o: n for n in e.nodes for o in n.output if o}
+    renamed: dict[str, str] = {}
+    for src, name in outputs:
+        if src in producer and src not in graph_inputs and src not in e.initializers and src not in renamed:
+            renamed[src] = name
+        else:
+            _identity_out(e, renamed.get(src, src), name)
+    for n in e.nodes:
+        for seq in (n.input, n.output):
+            for i, v in enumerate(seq):
+                if v in renamed:
+                    seq[i] = renamed[v]
+
+
 def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradients_only: bool = False):
     graph = model.graph
     e = Emitter(opset)
@@ -225,8 +243,7 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
             new_outputs.append((new, f"{sname}:new"))
             by_name[sname].updated = True
         inputs += [lr_vi, step_vi]
-    for src, name in new_outputs:
-        _identity_out(e, src, name)
+    _name_outputs(e, new_outputs, {i.name for i in inputs} | {s.name for s in state})
     outputs += [name for _, name in new_outputs]
     e.nodes[:] = prune_dead_nodes(e.nodes, outputs)   # onnxruntime runs every node, used or not
     state_vis = [helper.make_tensor_value_info(s.name, ONNX_DTYPE[s.weight.dtype] if s.weight else

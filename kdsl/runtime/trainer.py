@@ -103,6 +103,7 @@ class Trainer:
                                               providers=self.providers)
         self._ort = ort
         self.state: dict[str, Any] = {}
+        self._bindings: list | None = None
         self.reset_state()
         self.train_outputs = [o.name for o in self.train_sess.get_outputs()]
         self.eval_outputs = [o.name for o in self.eval_sess.get_outputs()]
@@ -110,7 +111,9 @@ class Trainer:
 
     # -- state --------------------------------------------------------------------------------
     def _ortvalue(self, a: np.ndarray):
-        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, 0)
+        # a copy: on the CPU an OrtValue shares the array's memory, and the training step writes
+        # into the state buffers (the model's own weight arrays must not change under it)
+        return self._ort.OrtValue.ortvalue_from_numpy(np.array(a, order="C", copy=True), self.device, 0)
 
     def reset_state(self, slots: dict[str, np.ndarray] | None = None) -> None:
         """State from the model's current weights; slots from ``slots`` or their initial values."""
@@ -120,6 +123,7 @@ class Trainer:
             else:
                 value = slots[s.name] if slots and s.name in slots else s.value
             self.state[s.name] = self._ortvalue(value.astype(s.value.dtype, copy=False))
+        self._bindings = None   # rebuilt around the new state at the next step
 
     def slot_values(self) -> dict[str, np.ndarray]:
         return {s.name: self.state[s.name].numpy() for s in self.program.state if s.kind == "slot"}
@@ -159,50 +163,81 @@ class Trainer:
             sws[o] = w
         return _Data(feeds, ys, sws, n)
 
-    def _bind_batch(self, io, data: _Data, lo: int, hi: int, idx=None) -> int:
+    def _bind_batch(self, io, data: _Data, lo: int, hi: int, idx=None, extra: dict | None = None) -> list:
+        """Bind one batch (and ``extra`` name -> array inputs); returns the bound arrays, which the
+        caller keeps alive until the run (a binding may keep only a pointer to their memory)."""
         sel = idx[lo:hi] if idx is not None else slice(lo, hi)
-        for (name, t) in self.program.data_inputs:
-            a = data.x[name][sel]
-            io.bind_cpu_input(name, np.ascontiguousarray(a))
-        for t_in, o, _ in self.program.targets:
-            io.bind_cpu_input(t_in, np.ascontiguousarray(data.y[o][sel]))
-        for w_in, o in self.program.sample_weights:
-            io.bind_cpu_input(w_in, np.ascontiguousarray(data.sw[o][sel]))
-        return hi - lo
+        arrays = [(name, data.x[name][sel]) for name, _ in self.program.data_inputs]
+        arrays += [(t_in, data.y[o][sel]) for t_in, o, _ in self.program.targets]
+        arrays += [(w_in, data.sw[o][sel]) for w_in, o in self.program.sample_weights]
+        arrays += list((extra or {}).items())
+        kept = []
+        for name, a in arrays:
+            a = np.ascontiguousarray(a)
+            io.bind_cpu_input(name, a)
+            kept.append(a)
+        return kept
 
     # -- steps -------------------------------------------------------------------------------------
+    def _ping_pong(self) -> list:
+        """Two IOBindings used in turn. State that a step updates lives in two buffers: one
+        binding reads buffer A and writes ``X:new`` into buffer B, the other the reverse, so a
+        step only rebinds the batch, ``lr`` and ``step`` (no state allocated or bound per step).
+        The buffers are OrtValues owned here: onnxruntime 1.19 frees the outputs it allocated
+        when their binding is reused, so none of the state is left to it."""
+        if self._bindings is None:
+            updated = [o[:-4] for o in self.train_outputs if o.endswith(":new")]
+            spare = {}
+            for name in updated:
+                v = self.state[name]
+                spare[name] = self._ort.OrtValue.ortvalue_from_shape_and_type(
+                    v.shape(), _NUMPY_OF[v.data_type()], self.device, 0)
+            first, second = dict(self.state), {**self.state, **spare}
+            bindings = []
+            for src, dst in ((first, second), (second, first)):
+                io = self.train_sess.io_binding()
+                for name, v in src.items():
+                    io.bind_ortvalue_input(name, v)
+                for o in self.train_outputs:
+                    if o.endswith(":new"):
+                        io.bind_ortvalue_output(o, dst[o[:-4]])
+                    else:
+                        io.bind_output(o, "cpu")
+                bindings.append((io, {n: dst[n] for n in updated}))
+            self._bindings = bindings
+            self._turn = 0
+        return self._bindings
+
     def train_batch(self, data: _Data, lo: int, hi: int, idx, lr: float, step: int) -> dict[str, np.ndarray]:
-        # a fresh binding each step: the state OrtValues kept from the previous step's outputs
-        # must outlive that binding (onnxruntime 1.19 frees them when a binding is cleared)
-        io = self.train_sess.io_binding()
-        self._bind_batch(io, data, lo, hi, idx)
-        io.bind_cpu_input("lr", np.array(lr, dtype=np.float32))
-        io.bind_cpu_input("step", np.array(step, dtype=np.float32))
-        for name, v in self.state.items():
-            io.bind_ortvalue_input(name, v)
-        for o in self.train_outputs:
-            io.bind_output(o, self.device if o.endswith(":new") else "cpu")
+        io, written = self._ping_pong()[self._turn]
+        kept = self._bind_batch(io, data, lo, hi, idx, {"lr": np.array(lr, dtype=np.float32),
+                                                       "step": np.array(step, dtype=np.float32)})
         t = time.perf_counter()
         self.train_sess.run_with_iobinding(io)
         self.time_in_run += time.perf_counter() - t
-        results = {}
-        for name, value in zip(self.train_outputs, io.get_outputs()):
-            if name.endswith(":new"):
-                self.state[name[:-4]] = value
-            else:
-                results[name] = value.numpy()
+        del kept
+        self._turn ^= 1
+        self.state.update(written)
+        results = {name: value.numpy() for name, value in zip(self.train_outputs, io.get_outputs())
+                   if not name.endswith(":new")}
         self.last_loss = float(results["loss"])
         return results
 
     def eval_batch(self, data: _Data, lo: int, hi: int) -> dict[str, np.ndarray]:
         io = self.eval_sess.io_binding()
-        self._bind_batch(io, data, lo, hi)
+        kept = self._bind_batch(io, data, lo, hi)
         for name in self.program.eval_state:
             io.bind_ortvalue_input(name, self.state[name])
         for o in self.eval_outputs:
             io.bind_output(o, "cpu")
         self.eval_sess.run_with_iobinding(io)
+        del kept
         return {n: v.numpy() for n, v in zip(self.eval_outputs, io.get_outputs())}
+
+
+#: onnxruntime's element type strings -> NumPy dtypes (for buffers of the state's types)
+_NUMPY_OF = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+             "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
 
 
 class EpochAggregator:

@@ -173,6 +173,7 @@ class TrainingMixin:
         agg = EpochAggregator(trainer.program)
         seed = self._train_seed()
         cbs.on_train_begin()
+        batch_logs = cbs.wants_batch_logs()
         logs: dict[str, float] = {}
         for epoch in range(initial_epoch, epochs):
             agg.reset()
@@ -186,7 +187,7 @@ class TrainingMixin:
                 res = trainer.train_batch(data, lo, hi, order, opt.learning_rate, opt.iterations + 1)
                 opt.iterations += 1
                 agg.add(res, hi - lo)
-                logs = agg.logs()
+                logs = agg.logs() if batch_logs else {}
                 cbs.on_train_batch_end(b, logs)
                 if self.stop_training:
                     break

@@ -37,6 +37,22 @@ def test_one_sgd_step_matches_numpy():
         np.testing.assert_allclose(got, w - 0.1 * g, rtol=1e-4, atol=1e-6)
 
 
+def test_training_never_writes_into_arrays_it_was_given():
+    """The trainer's state buffers are its own: the weight arrays of the model (and of
+    set_weights) keep their values while steps run (fit replaces them at the end of an epoch)."""
+    m = mlp()
+    m.compile(optimizer="sgd", loss="mse")
+    given = [RNG.normal(size=w.shape).astype("float32") for w in m.get_weights()]
+    m.set_weights(given)
+    kept = [np.copy(a) for a in given]
+    held = [w.value for layer in m.layers for w in getattr(layer, "weights", [])]
+    held_copies = [np.copy(a) for a in held]
+    m.fit(X, Y, batch_size=16, epochs=2, verbose=0)
+    for a, b in zip(given + held, kept + held_copies):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(m.get_weights()[0], kept[0])      # it did train
+
+
 def test_history_validation_and_last_partial_batch():
     m = mlp()
     m.compile(optimizer="adam", loss="mse", metrics=["mae"])
