@@ -177,7 +177,9 @@ def uniform_hash(e, shape: str, step: str, salt: int) -> str:
     idx = e.op("Range", [e.const(np.asarray(0, np.int64)), e.op("Squeeze", [n]), e.const(np.asarray(1, np.int64))])
     s = e.op("Cast", [step], to=7)
     p = e.const(np.asarray(_P, np.int64))
-    h = e.op("Add", [e.op("Mul", [e.op("Mod", [idx, p]), e.const(np.asarray(16807, np.int64))]),
+    # (idx mod p) * 16807 = idx * 16807 (mod p), and idx * 16807 fits in int64 for any tensor
+    # below 5e14 elements: one Mod over the whole tensor less, the same masks
+    h = e.op("Add", [e.op("Mul", [idx, e.const(np.asarray(16807, np.int64))]),
                      e.op("Mul", [e.op("Mod", [s, p]), e.const(np.asarray(48271, np.int64))])])
     h = e.op("Mod", [e.op("Add", [h, e.const(np.asarray(salt, np.int64))]), p])
     for c in (1013904223, 362436069):   # two rounds of the quadratic map h -> h^2 + c (mod p)
