@@ -1,15 +1,19 @@
 """Training-throughput benchmark: kdsl ``fit()`` on onnxruntime against a plain PyTorch training
-loop and Keras 3 on JAX, for the MNIST MLP and CNN of ``examples/`` (batch 128).
+loop and Keras 3 on JAX, for the MNIST MLP and CNN of ``examples/`` (batch 128) and the LSTM text
+model ``examples/text_lstm.kd`` (200 token ids, vocabulary 20,000, embedding 128, LSTM 64, batch 64).
 
-Run: ``python bench/train.py`` (``--epochs``, ``--samples``, ``--provider cpu|cuda``,
-``--profile`` for onnxruntime's per-op profile of the kdsl training step). Prints samples/s of
-each framework, kdsl's ratio against the fastest baseline, and the share of kdsl's step time
-spent outside onnxruntime's ``run`` (binding, copying, Python). See bench/README.md.
+Run: ``python bench/train.py`` (``--models mlp,cnn,lstm``, ``--epochs``, ``--samples``,
+``--provider cpu|cuda``, ``--profile`` for onnxruntime's per-op profile of the kdsl training
+step). Prints samples/s of each framework, kdsl's ratio against the fastest baseline, and the
+share of kdsl's step time spent outside onnxruntime's ``run`` (binding, copying, Python). See
+bench/README.md.
 
-Every framework gets the same data (the bundled MNIST images), the same architecture and initial
-weights (copied from the kdsl model), Adam(lr=1e-3, epsilon=1e-7), sparse categorical
-cross-entropy on the softmax probabilities, batch 128 with the last partial batch trained, a
-shuffled order each epoch, one untimed warm-up epoch and ``--epochs`` timed ones.
+Every framework gets the same data, the same architecture and initial weights (copied from the
+kdsl model), Adam(lr=1e-3, epsilon=1e-7), the loss on probabilities as Keras computes it, the
+last partial batch trained, a shuffled order each epoch, one untimed warm-up epoch and
+``--epochs`` timed ones. Data: the bundled MNIST images for the MLP and CNN; for the LSTM the
+bundled review sentences (kdsl.datasets.sentiment) as ids of a 20,000-token TextVectorization
+padded to 200 steps (no masking in any framework: every sequence runs all 200 steps).
 """
 from __future__ import annotations
 
@@ -30,7 +34,10 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(HERE, "..", "examples")
-MODELS = {"mlp": os.path.join(EXAMPLES, "mnist_mlp.kd"), "cnn": os.path.join(EXAMPLES, "mnist_cnn.kd")}
+MODELS = {"mlp": os.path.join(EXAMPLES, "mnist_mlp.kd"), "cnn": os.path.join(EXAMPLES, "mnist_cnn.kd"),
+          "lstm": os.path.join(EXAMPLES, "text_lstm.kd")}
+#: per model: (batch size, samples per epoch) unless --batch-size / --samples say otherwise
+DEFAULTS = {"mlp": (128, 10000), "cnn": (128, 10000), "lstm": (64, 2560)}
 EPS = 1e-7          # keras.config.epsilon(), used by the loss clamp and by Adam
 TORCH_VERSION = "2.13.0"
 
@@ -58,6 +65,26 @@ def physical_cores() -> int:
     except OSError:
         pass
     return os.cpu_count() or 1
+
+
+def load_text_data(samples: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """``samples`` review sentences as int64 ids [N, 200] (vocabulary 20,000) and float32 labels."""
+    from kdsl.datasets import sentiment
+    from kdsl.layers.text import TextVectorization
+
+    (xa, ya), (xb, yb) = sentiment.load_data()
+    texts, labels = np.concatenate([xa, xb]), np.concatenate([ya, yb])
+    vec = TextVectorization(max_tokens=20000, output_sequence_length=200)
+    vec.adapt(texts)
+    ids = vec.host_apply(texts)
+    src = (f"the {len(texts):,} bundled review sentences (kdsl.datasets.sentiment) as token ids "
+           f"(vocabulary {vec.vocabulary_size():,}, padded to 200)")
+    if samples > len(ids):
+        reps = -(-samples // len(ids))
+        ids, labels = np.concatenate([ids] * reps), np.concatenate([labels] * reps)
+        src += f", tiled to {samples}"
+    return (np.ascontiguousarray(ids[:samples].astype(np.int64)),
+            np.ascontiguousarray(labels[:samples].astype(np.float32)), src)
 
 
 def load_data(samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
@@ -207,11 +234,17 @@ def torch_module(model_key: str, init: list[np.ndarray], torch):
             super().__init__()
             if model_key == "mlp":
                 self.fc1, self.drop, self.fc2 = nn.Linear(784, 128), nn.Dropout(0.2), nn.Linear(128, 10)
+            elif model_key == "lstm":
+                self.emb, self.lstm = nn.Embedding(20000, 128), nn.LSTM(128, 64, batch_first=True)
+                self.fc = nn.Linear(64, 1)
             else:
                 self.c1, self.c2 = nn.Conv2d(1, 32, 3), nn.Conv2d(32, 64, 3)
                 self.drop, self.fc = nn.Dropout(0.5), nn.Linear(1600, 10)
 
         def forward(self, x):                  # x: [B, 28, 28, 1] in 0..255, as the .kd input
+            if model_key == "lstm":            # x: [B, 200] token ids
+                _, (h, _) = self.lstm(self.emb(x))
+                return self.fc(h[-1])          # logit; sigmoid in the loss below
             x = x * (1.0 / 255)                # Rescaling(1 / 255)
             if model_key == "mlp":
                 x = torch.relu(self.fc1(x.flatten(1)))
@@ -228,6 +261,13 @@ def torch_module(model_key: str, init: list[np.ndarray], torch):
             k1, b1, k2, b2 = init
             net.fc1.weight.copy_(t(k1.T)); net.fc1.bias.copy_(t(b1))   # noqa: E702
             net.fc2.weight.copy_(t(k2.T)); net.fc2.bias.copy_(t(b2))   # noqa: E702
+        elif model_key == "lstm":
+            # Keras's LSTM kernels [in, 4u] have the gates in torch's order (i, f, c~, o)
+            emb, kern, rec, bias, k, b = init
+            net.emb.weight.copy_(t(emb))
+            net.lstm.weight_ih_l0.copy_(t(kern.T)); net.lstm.weight_hh_l0.copy_(t(rec.T))   # noqa: E702
+            net.lstm.bias_ih_l0.copy_(t(bias)); net.lstm.bias_hh_l0.zero_()   # noqa: E702
+            net.fc.weight.copy_(t(k.T)); net.fc.bias.copy_(t(b))   # noqa: E702
         else:
             c1, cb1, c2, cb2, k, b = init
             net.c1.weight.copy_(t(c1.transpose(3, 2, 0, 1))); net.c1.bias.copy_(t(cb1))   # noqa: E702
@@ -285,7 +325,10 @@ class TorchRunner(Runner):
             xb = self.xt[idx].to(dev, non_blocking=True)
             yb = self.yt[idx].to(dev, non_blocking=True)
             logits = net(xb)
-            if nll:         # NLL on log-softmax (the numerically exact form)
+            if self.key == "lstm":   # Keras's binary cross-entropy on the clamped probabilities
+                p = torch.sigmoid(logits[:, 0]).clamp(EPS, 1.0 - EPS)
+                loss = -(yb * torch.log(p) + (1 - yb) * torch.log(1 - p)).mean()
+            elif nll:       # NLL on log-softmax (the numerically exact form)
                 loss = torch.nn.functional.cross_entropy(logits, yb)
             else:           # Keras's form: log of the clamped softmax probabilities
                 p = torch.softmax(logits, dim=-1)
@@ -333,14 +376,20 @@ class KerasRunner(Runner):
             return
         L = keras.layers
         keras.utils.set_random_seed(self.args.seed)
-        body = [L.Flatten(), L.Dense(128, activation="relu"), L.Dropout(0.2), L.Dense(10, activation="softmax")] \
-            if self.key == "mlp" else \
-            [L.Conv2D(32, 3, activation="relu"), L.MaxPooling2D(2), L.Conv2D(64, 3, activation="relu"),
-             L.MaxPooling2D(2), L.Flatten(), L.Dropout(0.5), L.Dense(10, activation="softmax")]
-        self.net = keras.Sequential([keras.Input((28, 28, 1)), L.Rescaling(1 / 255)] + body)
+        if self.key == "lstm":
+            layers = [keras.Input((200,), dtype="int64"), L.Embedding(20000, 128), L.LSTM(64),
+                      L.Dense(1, activation="sigmoid")]
+        else:
+            body = [L.Flatten(), L.Dense(128, activation="relu"), L.Dropout(0.2), L.Dense(10, activation="softmax")] \
+                if self.key == "mlp" else \
+                [L.Conv2D(32, 3, activation="relu"), L.MaxPooling2D(2), L.Conv2D(64, 3, activation="relu"),
+                 L.MaxPooling2D(2), L.Flatten(), L.Dropout(0.5), L.Dense(10, activation="softmax")]
+            layers = [keras.Input((28, 28, 1)), L.Rescaling(1 / 255)] + body
+        self.net = keras.Sequential(layers)
         self.net.set_weights(self.init)
         self.net.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3, epsilon=EPS),
-                         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                         loss="binary_crossentropy" if self.key == "lstm" else "sparse_categorical_crossentropy",
+                         metrics=["accuracy"])
         self.fit = dict(batch_size=self.args.batch_size, verbose=0, shuffle=True)
 
         class Timer(_EpochTimer, keras.callbacks.Callback):
@@ -381,10 +430,10 @@ def profile_kdsl(model, x, y, args, top: int) -> dict:
     opts.enable_profiling = True
     opts.profile_file_prefix = os.path.join(d, "train")
     sess = ort.InferenceSession(trainer.program.train.SerializeToString(), opts, providers=trainer.providers)
-    saved = {k: getattr(trainer, k) for k in ("train_sess", "train_io") if hasattr(trainer, k)}
+    saved = {k: getattr(trainer, k) for k in ("train_sess", "_bindings") if hasattr(trainer, k)}
     trainer.train_sess = sess
-    if "train_io" in saved:          # a Trainer that keeps one IOBinding
-        trainer.train_io = sess.io_binding()
+    if "_bindings" in saved:         # the Trainer's IOBindings belong to its own session
+        trainer._bindings = None
     try:
         model.fit(x, y, epochs=1, batch_size=args.batch_size, verbose=0, validation_split=0.0)
     finally:
@@ -443,11 +492,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up epoch (default 3)")
-    ap.add_argument("--samples", type=int, default=10000, help="training samples per epoch (default 10000)")
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--samples", type=int, default=None,
+                    help="training samples per epoch (default: 10000 for mlp and cnn, 2560 for lstm)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 128 for mlp and cnn, 64 for lstm")
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
                     help="onnxruntime execution provider for kdsl; PyTorch and JAX use the same device")
-    ap.add_argument("--models", default="mlp,cnn", help="comma-separated subset of: mlp, cnn")
+    ap.add_argument("--models", default="mlp,cnn,lstm", help="comma-separated subset of: mlp, cnn, lstm")
     ap.add_argument("--torch-loss", choices=["keras", "nll"], default="keras",
                     help="PyTorch loss form: 'keras' = log of the clamped softmax probabilities, as kdsl "
                          "and Keras compute it (default); 'nll' = NLL on log-softmax (F.cross_entropy)")
@@ -462,7 +512,7 @@ def main(argv=None) -> int:
     bad = [k for k in keys if k not in MODELS]
     if bad or not keys:
         ap.error(f"--models: unknown {bad}; choose from {sorted(MODELS)}")
-    if args.epochs < 1 or args.samples < 1 or args.batch_size < 1:
+    if args.epochs < 1 or (args.samples or 1) < 1 or (args.batch_size or 1) < 1:
         ap.error("--epochs, --samples and --batch-size must be positive")
 
     import onnxruntime as ort
@@ -476,21 +526,24 @@ def main(argv=None) -> int:
 
     import kdsl
 
-    x, y, src = load_data(args.samples, args.seed)
     print(f"kdsl {kdsl.__version__}, onnxruntime {ort.__version__}, numpy {np.__version__}, "
           f"python {sys.version.split()[0]}; {os.cpu_count()} logical / {physical_cores()} physical cores")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     busy = "  (busy: timings will be low and noisy)" if load > 0.5 * (os.cpu_count() or 1) else ""
     print(f"load average at start: {load:.2f}{busy}")
-    print(f"data: {src}; {len(x)} samples, batch {args.batch_size}, 1 warm-up + {args.epochs} timed epochs, "
-          f"provider {args.provider}")
+    print(f"1 warm-up + {args.epochs} timed epochs per framework, provider {args.provider}")
 
     rows, notes, profiles = [], [], {}
     for key in keys:
+        margs = argparse.Namespace(**vars(args))
+        margs.batch_size = args.batch_size or DEFAULTS[key][0]
+        margs.samples = args.samples or DEFAULTS[key][1]
+        x, y, src = load_text_data(margs.samples) if key == "lstm" else load_data(margs.samples, args.seed)
+        print(f"{key}: {src}; {len(x)} samples, batch {margs.batch_size}")
         model = load_kdsl(key, args.provider)
         init = [np.array(w) for w in model.get_weights()]
-        runners = [KdslRunner(model, x, y, args), TorchRunner(key, init, x, y, args),
-                   KerasRunner(key, init, x, y, args)]
+        runners = [KdslRunner(model, x, y, margs), TorchRunner(key, init, x, y, margs),
+                   KerasRunner(key, init, x, y, margs)]
         for r, skip in zip(runners, (False, args.no_torch, args.no_keras)):
             if skip:
                 r.note = f"skipped: --no-{r.name.split('-')[0]}"
@@ -501,8 +554,8 @@ def main(argv=None) -> int:
                 if r.available:
                     r.epoch()
         if args.profile and runners[0].available:
-            profiles[key] = profile_kdsl(model, x, y, args, args.top)
-        rows.append((key, runners))
+            profiles[key] = profile_kdsl(model, x, y, margs, args.top)
+        rows.append((key, runners, len(x), margs.batch_size))
 
     def fmt(v, spec):
         width = re.match(r"\d*", spec).group()
@@ -513,19 +566,18 @@ def main(argv=None) -> int:
             f"{'ratio vs best':>13} | {'runtime overhead share':>22}")
     print(head)
     print("-" * len(head))
-    n = len(x)
-    for key, (k, t, kj) in rows:
+    for key, (k, t, kj), n, _ in rows:
         ks, ts, js = k.samples_per_s(n), t.samples_per_s(n), kj.samples_per_s(n)
         best = max([v for v in (ts, js) if v], default=None)
         ratio = ks / best if best and ks else None
         print(f"{key:<6} | {fmt(ks, '14,.0f')} | {fmt(ts, '15,.0f')} | {fmt(js, '19,.0f')} | "
               f"{fmt(ratio, '13.2f')} | {fmt(k.overhead_share(), '22.1%')}")
     print()
-    for key, (k, t, kj) in rows:
+    for key, (k, t, kj), n, bs in rows:
         if not k.available:
             print(f"{key}: kdsl {k.note}")
             continue
-        step_ms = statistics.median(k.walls) / -(-n // args.batch_size) * 1e3
+        step_ms = statistics.median(k.walls) / -(-n // bs) * 1e3
         print(f"{key}: kdsl {k.extra['nodes']} nodes in the step graph, {step_ms:.2f} ms/step, "
               f"graph build + warm-up epoch {k.extra['warmup_s']:.1f} s; last-epoch loss "
               + ", ".join(f"{r.name} {fmt(r.loss, '.4f')}" for r in (k, t, kj)))
@@ -541,6 +593,7 @@ def main(argv=None) -> int:
     notes.append("torch loss: " + ("log of the softmax probabilities renormalised and clamped to [1e-7, 1-1e-7], "
                                    "then NLL (Keras's form, as kdsl)" if args.torch_loss == "keras" else
                                    "NLL on log-softmax (F.cross_entropy on the logits)")
+                 + "; lstm: binary cross-entropy of the clamped sigmoid probabilities (Keras's form)"
                  + "; the torch loop computes no accuracy (kdsl and Keras do)")
     notes.append("epochs of the frameworks are interleaved (one of each per round); samples/s from the "
                  "median timed epoch; runtime overhead share = 1 - (time inside "

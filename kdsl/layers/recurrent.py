@@ -354,6 +354,8 @@ class _Recurrent(Layer):
         order = range(steps_n - 1, -1, -1) if self.go_backwards else range(steps_n)
         state: list[str] | None = None
         outs = []
+        tape = self._tape(ctx, aux, masks is None and rec_mask is None)
+        first = len(e.nodes)
         for t in order:
             new = self._step(ctx, [s[t] for s in split], state, aux, rec_mask)
             if masks is None:
@@ -365,7 +367,15 @@ class _Recurrent(Layer):
                 state = [e.op("Where", [mt, n, o]) for n, o in zip(new, old)]
                 out = e.op("Where", [mt, new[0], zero]) if zero_output else state[0]
             outs.append(out)
+        if tape is not None and len(e.nodes) > first:
+            tape.first_node, tape.last_node = e.nodes[first].output[0], e.nodes[-1].output[0]
+            ctx.lstm_tapes.append(tape)
         return _Run(self, lambda: [e.squeeze(s, [0]) for s in state], steps=outs)
+
+    def _tape(self, ctx, aux: dict, plain: bool):
+        """A record of the steps for the fused backward pass (kdsl.lower.autodiff_rnn), for
+        training LSTMs with sigmoid gates and tanh activations, no mask, no recurrent dropout."""
+        return None
 
     def _project(self, ctx, xp: str, bias: str | None, aux: dict) -> list[str]:
         """Add the input bias to the projection ``[T, b, G*u]``; returns the tensors to split per
@@ -557,6 +567,15 @@ class LSTM(_Recurrent):
     def _activation_names(self):
         return [self.recurrent_activation, self.activation, self.activation]
 
+    def _tape(self, ctx, aux, plain):
+        from ..lower.autodiff_rnn import LSTMTape
+
+        if not (ctx.training and plain and self.activation == "tanh" and self.recurrent_activation == "sigmoid"):
+            return None
+        tape = LSTMTape(self.units, aux["rt"], name=f"{self._owner.name}/{self._prefix}fused_lstm")
+        aux["tape"] = tape
+        return tape
+
     def _step(self, ctx, xs, state, aux, rec_mask):
         # ONNX gate order i, o, f, c: the three sigmoid gates are contiguous
         e = ctx.e
@@ -565,11 +584,17 @@ class LSTM(_Recurrent):
         if state is not None:
             z = e.op("Add", [z, e.op("MatMul", [self._rec_input(ctx, state[0], rec_mask), aux["rt"]])])
         ziof, zc = e.op("Split", [z, e.ints([3 * u, u])], n_out=2, axis=-1)
-        i, o, f = e.op("Split", [self._act(ctx, self.recurrent_activation, ziof, 3), e.ints([u, u, u])],
-                       n_out=3, axis=-1)
-        ig = e.op("Mul", [i, self._act(ctx, self.activation, zc)])
+        sig = self._act(ctx, self.recurrent_activation, ziof, 3)
+        i, o, f = e.op("Split", [sig, e.ints([u, u, u])], n_out=3, axis=-1)
+        g = self._act(ctx, self.activation, zc)
+        ig = e.op("Mul", [i, g])
         c = ig if state is None else e.op("Add", [e.op("Mul", [f, state[1]]), ig])
-        h = e.op("Mul", [o, self._act(ctx, self.activation, c)])
+        tc = self._act(ctx, self.activation, c)
+        h = e.op("Mul", [o, tc])
+        if "tape" in aux:
+            from ..lower.autodiff_rnn import LSTMStep
+
+            aux["tape"].steps.append(LSTMStep(xs[0], sig, f if state is not None else None, g, c, tc, h))
         return [h, c]
 
 

@@ -28,6 +28,10 @@ from ..errors import KdslError
 from ..ir import BATCH, TensorType
 from .autodiff_nn import prepare_forward, prune_dead_nodes   # also registers the conv/pool/norm rules
 from .autodiff import backprop
+from .autodiff_rnn import fuse as fuse_lstm
+
+#: the LSTM's own backward pass (autodiff_rnn); False differentiates its steps op by op (tests)
+FUSED_LSTM_BACKWARD = True
 from .context import CL, LowerContext
 from .emitter import ONNX_DTYPE, Emitter
 from .export import check_opset, input_types, lower_body, make_model, value_info
@@ -211,7 +215,8 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
         prepare_forward(e.nodes, e)
         shapes, dtypes = _infer(e, inputs + [lr_vi, step_vi] + state_inputs, opset, ["loss"])
         with e.scope("grad"):
-            grads = backprop(e, list(e.nodes), "loss", trainable, shapes, dtypes)
+            nodes = fuse_lstm(e.nodes, ctx.lstm_tapes, e.initializers) if FUSED_LSTM_BACKWARD else list(e.nodes)
+            grads = backprop(e, nodes, "loss", trainable, shapes, dtypes)
         if gradients_only:   # for gradient checks: loss and grad:<weight>, no optimizer
             for wname in trainable:
                 if grads[wname] is not None:

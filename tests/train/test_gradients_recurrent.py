@@ -118,3 +118,77 @@ def test_split_rule_with_an_unused_output():
     want[:, 0] = 2 * X[:, 0]
     want[:, 3] = 1.0
     np.testing.assert_allclose(gx, want, rtol=1e-6)
+
+
+# -- the LSTM's fused backward pass (kdsl.lower.autodiff_rnn) --------------------------------------
+def _gradients(model, x, fused: bool, monkeypatch):
+    import kdsl.lower.training as training
+    from kdsl.lower.training import TrainSetup, build_gradient_graph
+    from kdsl.train.losses import get_loss
+    from kdsl.train.optimizers import SGD
+
+    monkeypatch.setattr(training, "FUSED_LSTM_BACKWARD", fused)
+    out = model.output_names[0]
+    setup = TrainSetup({out: get_loss("mse")}, {}, {out: []}, SGD(0.1))
+    proto, state = build_gradient_graph(model, setup)
+    onnx.checker.check_model(proto, full_check=True)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = np.random.default_rng(7).normal(size=(x.shape[0],) + tuple(model.outputs[0].type.shape[1:]))
+    feeds = {s.name: s.value for s in state}
+    xdtype = "int64" if model.inputs[0].type.is_int else "float32"
+    feeds.update({model.input_names[0]: x.astype(xdtype), f"target:{out}": y.astype(np.float32),
+                  f"sample_weight:{out}": np.ones(x.shape[0], np.float32),
+                  "lr": np.array(0.1, np.float32), "step": np.array(1, np.float32)})
+    names = [o.name for o in proto.graph.output]
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in proto.graph.input}}
+    return dict(zip(names, sess.run(None, feeds))), len(proto.graph.node)
+
+
+def _lstm_models():
+    def single(**kw):
+        x = kdsl.Input((6, F), name="x")
+        h = L.LSTM(4, **kw)(x)
+        if kw.get("return_state"):
+            h = L.Concatenate()(h)
+        elif kw.get("return_sequences"):
+            h = L.Flatten()(h)
+        return kdsl.Model(x, {"y": L.Dense(2)(h)}, seed=1)
+
+    def stacked():
+        x = kdsl.Input((6, F), name="x")
+        h = L.LSTM(4, return_sequences=True, dropout=0.3)(x)
+        h = L.Bidirectional(L.LSTM(3))(h)
+        return kdsl.Model(x, {"y": L.Dense(2)(h)}, seed=1)
+
+    return {"last": single(), "sequences": single(return_sequences=True),
+            "backwards": single(return_sequences=True, go_backwards=True),
+            "states": single(return_state=True), "stacked_bidirectional_dropout": stacked()}
+
+
+@pytest.mark.parametrize("key", list(_lstm_models()))
+def test_fused_lstm_backward_equals_op_by_op(key, monkeypatch):
+    """The fused backward gives the op-by-op gradients (themselves checked against finite
+    differences above) with far fewer nodes; h, c, the sequence, both directions."""
+    m = _lstm_models()[key]
+    for layer in m.layers:
+        if isinstance(layer, L.LSTM):
+            _bias_nonzero(layer)
+    x = RNG.normal(size=(B, 6, F))
+    fused, n_fused = _gradients(m, x, True, monkeypatch)
+    plain, n_plain = _gradients(m, x, False, monkeypatch)
+    assert fused.keys() == plain.keys() and any(k.startswith("grad:") and "recurrent" in k for k in fused)
+    for k in plain:
+        np.testing.assert_allclose(fused[k], plain[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    assert n_fused < 0.8 * n_plain, (n_fused, n_plain)
+
+
+def test_fused_lstm_backward_is_not_used_with_masks_or_recurrent_dropout(monkeypatch):
+    """Masked steps (Where between old and new states) and a recurrent dropout mask are outside
+    the fused form: those LSTMs are differentiated op by op (the same graph either way)."""
+    for layer, masked in ((L.LSTM(3), True), (L.LSTM(3, recurrent_dropout=0.2), False)):
+        m, x = (masked_model if masked else dense_model)(layer, 2)
+        fused, n_fused = _gradients(m, np.asarray(x), True, monkeypatch)
+        plain, n_plain = _gradients(m, np.asarray(x), False, monkeypatch)
+        assert n_fused == n_plain
+        for k in plain:
+            np.testing.assert_array_equal(fused[k], plain[k])

@@ -1,0 +1,153 @@
+"""A backward pass written for the unrolled LSTM, used in place of op-by-op differentiation.
+
+The unrolled LSTM (see :mod:`kdsl.layers.recurrent`) emits about a dozen small ops per time
+step; differentiating them op by op gives about two dozen more per step, each a separate
+onnxruntime kernel launch on ``[batch, units]`` tensors. For the common configuration (sigmoid
+gates, tanh activations, no mask, no recurrent dropout) the layer records a :class:`LSTMTape`
+of its steps, and :func:`fuse` replaces the steps' nodes, for backprop only, by one node whose
+rule (:func:`_lstm_rule`) emits:
+
+* in bulk over all steps (a few ops on ``[T, batch, units]`` tensors): the local derivatives
+  ``A_t`` (how each gate's pre-activation moves the cell, or h for the output gate) and
+  ``K_t = o_t * (1 - tanh(c_t)^2)``;
+* per step, in reverse: ``dc = dc_next * f_{t+1} + dh * K_t``,
+  ``dz = [dc, dh, dc, dc] * A_t`` (ONNX gate order i, o, f, c) and ``dh_prev = dz @ R^T``:
+  five ops and one small GEMM;
+* the recurrent kernel's gradient as one GEMM over all steps (``H_prev^T @ dZ``).
+
+The forward graph is unchanged; the per-step input gradients ``dz_t`` flow into the ``Split``
+of the hoisted input projection, whose own rules do the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .autodiff import GradContext, register
+from .emitter import Emitter
+
+__all__ = ["LSTMTape", "fuse"]
+
+OP_TYPE = "KdslUnrolledLSTM"   # only ever seen by backprop; never written to a graph
+
+
+@dataclass
+class LSTMStep:
+    """One step's values: its projected input ``x`` ``[1, b, 4u]``, the sigmoid gates ``sig``
+    ``[1, b, 3u]`` (i, o, f), ``f`` the forget gate (None at the first step), ``g = tanh(z_c)``,
+    the cell ``c``, ``tc = tanh(c)`` and the output ``h``."""
+    x: str
+    sig: str
+    f: str | None
+    g: str
+    c: str
+    tc: str
+    h: str
+
+
+@dataclass
+class LSTMTape:
+    """The steps of one unrolled LSTM, in processing order, and the node range they span."""
+    units: int
+    rt: str                                   # the recurrent kernel as [u, 4u]
+    first_node: str = ""                      # output name of the group's first node
+    last_node: str = ""                       # output name of the group's last node
+    steps: list[LSTMStep] = field(default_factory=list)
+    name: str = ""
+
+
+_TAPES: dict[str, LSTMTape] = {}
+
+
+def fuse(nodes: Sequence[onnx.NodeProto], tapes: Sequence[LSTMTape],
+         initializers: Iterable[str] = ()) -> list[onnx.NodeProto]:
+    """``nodes`` with each tape's contiguous run of step nodes replaced by one node of
+    ``OP_TYPE`` (inputs: the steps' projected inputs and the recurrent kernel; outputs: every
+    step's h and the last cell), for :func:`kdsl.lower.autodiff.backprop`."""
+    out = list(nodes)
+    constants = set(initializers) | {o for n in out if n.op_type == "Constant" for o in n.output}
+    for tape in tapes:
+        first = next((i for i, n in enumerate(out) if tape.first_node in n.output), None)
+        last = next((i for i, n in enumerate(out) if tape.last_node in n.output), None)
+        if first is None or last is None or last < first:
+            continue                          # pruned or reordered: plain op-by-op rules apply
+        inside = {o for n in out[first:last + 1] for o in n.output}
+        outputs = [s.h for s in tape.steps] + [tape.steps[-1].c]
+        # every value the group reads from outside must be a declared input
+        reads = {i for n in out[first:last + 1] for i in n.input if i and i not in inside}
+        declared = {s.x for s in tape.steps} | {tape.rt} | constants
+        if not reads <= declared:
+            continue
+        _TAPES[tape.name] = tape
+        node = helper.make_node(OP_TYPE, [s.x for s in tape.steps] + [tape.rt], outputs, name=tape.name)
+        out[first:last + 1] = [node]
+    return out
+
+
+def _stack(e: Emitter, names: list[str]) -> str:
+    return names[0] if len(names) == 1 else e.op("Concat", names, axis=0)
+
+
+def _unstack(e: Emitter, x: str, n: int) -> list[str]:
+    return [x] if n == 1 else e.op("Split", [x, e.ints([1] * n)], n_out=n, axis=0)
+
+
+@register(OP_TYPE)
+def _lstm_rule(g: GradContext, n, gy):
+    tape = _TAPES[n.name]
+    e = g.e
+    steps, T, u = tape.steps, len(tape.steps), tape.units
+    one = e.const(np.ones((1, 1, 1), np.float32), hint="one")
+    gy_h, gy_c = list(gy[:T]), gy[T]
+
+    def dsig(s):   # s * (1 - s)
+        return e.op("Mul", [s, e.op("Sub", [one, s])])
+
+    # local derivatives of all steps at once ([T, b, .])
+    sig = _stack(e, [s.sig for s in steps])
+    i, o, f = e.op("Split", [sig, e.ints([u, u, u])], n_out=3, axis=2)
+    gg = _stack(e, [s.g for s in steps])
+    tc = _stack(e, [s.tc for s in steps])
+    c = _stack(e, [s.c for s in steps])
+    c_prev = e.op("Pad", [e.op("Slice", [c, e.ints([0]), e.ints([T - 1]), e.ints([0])]),
+                          e.ints([1, 0, 0, 0, 0, 0])])               # c_{t-1}, zeros before the first
+    a_i = e.op("Mul", [gg, dsig(i)])
+    a_o = e.op("Mul", [tc, dsig(o)])
+    a_f = e.op("Mul", [c_prev, dsig(f)])
+    a_g = e.op("Mul", [i, e.op("Sub", [one, e.op("Mul", [gg, gg])])])
+    k = e.op("Mul", [o, e.op("Sub", [one, e.op("Mul", [tc, tc])])])
+    a = _unstack(e, e.op("Concat", [a_i, a_o, a_f, a_g], axis=2), T)
+    k = _unstack(e, k, T)
+    r_t = e.transpose(tape.rt, [1, 0])                               # [4u, u]
+
+    dz: list[str | None] = [None] * T
+    dh_rec = dc_next = None
+    for t in range(T - 1, -1, -1):
+        parts = [p for p in (gy_h[t], dh_rec) if p is not None]
+        dh = parts[0] if len(parts) == 1 else (e.op("Add", parts) if parts else None)
+        cparts = [p for p in (dc_next, gy_c if t == T - 1 else None) if p is not None]
+        if dh is not None:
+            cparts.append(e.op("Mul", [dh, k[t]]))
+        if not cparts:
+            continue                                                  # nothing flows back from here
+        dc = cparts[0] if len(cparts) == 1 else e.op("Sum", cparts)
+        if dh is None:
+            dh = e.op("Mul", [dc, e.const(np.zeros((1, 1, 1), np.float32), hint="zero")])
+        dz[t] = e.op("Mul", [e.op("Concat", [dc, dh, dc, dc], axis=2), a[t]])
+        if t > 0:
+            dh_rec = e.op("MatMul", [dz[t], r_t])
+            dc_next = e.op("Mul", [dc, steps[t].f])
+        else:
+            dh_rec = dc_next = None
+    grads: list[str | None] = list(dz)
+    d_rt = None
+    pairs = [(steps[t - 1].h, dz[t]) for t in range(1, T) if dz[t] is not None]
+    if pairs and tape.rt in getattr(g, "active", {tape.rt}):
+        h_prev = e.reshape(_stack(e, [h for h, _ in pairs]), [-1, u])
+        dzs = e.reshape(_stack(e, [d for _, d in pairs]), [-1, 4 * u])
+        d_rt = e.op("MatMul", [e.transpose(h_prev, [1, 0]), dzs])   # [u, 4u]
+    return grads + [d_rt]
