@@ -33,7 +33,10 @@ Two lowerings:
 * training (and that fallback): unrolled over the static number of steps. The input projection
   of all steps is one ``MatMul`` before the loop, split per step by one ``Split``; each step
   does ``h @ recurrent_kernel`` and elementwise gate math; masks are ``Where(m_t, new, old)``
-  (exact for any mask). Every op has a gradient rule (see :mod:`kdsl.lower.autodiff_seq`).
+  (exact for any mask). Every op has a gradient rule (see :mod:`kdsl.lower.autodiff_seq`); an
+  LSTM with sigmoid gates and tanh activations, without mask or recurrent dropout, records its
+  steps and gets a backward pass written for the cell instead (:mod:`kdsl.lower.autodiff_rnn`:
+  half the nodes of the op-by-op form, the same gradients).
 
 Masking follows Keras 3 (``keras/src/layers/rnn/rnn.py`` and ``keras/src/backend/*/rnn.py``):
 a masked step leaves the states unchanged; with ``return_sequences=True`` its output is the
