@@ -563,15 +563,16 @@ def main(argv=None) -> int:
 
     print()
     head = (f"{'model':<6} | {'kdsl samples/s':>14} | {'torch samples/s':>15} | {'keras-jax samples/s':>19} | "
-            f"{'ratio vs best':>13} | {'runtime overhead share':>22}")
+            f"{'vs torch':>8} | {'ratio vs best':>13} | {'runtime overhead share':>22}")
     print(head)
     print("-" * len(head))
     for key, (k, t, kj), n, _ in rows:
         ks, ts, js = k.samples_per_s(n), t.samples_per_s(n), kj.samples_per_s(n)
         best = max([v for v in (ts, js) if v], default=None)
         ratio = ks / best if best and ks else None
+        vs_torch = ks / ts if ts and ks else None
         print(f"{key:<6} | {fmt(ks, '14,.0f')} | {fmt(ts, '15,.0f')} | {fmt(js, '19,.0f')} | "
-              f"{fmt(ratio, '13.2f')} | {fmt(k.overhead_share(), '22.1%')}")
+              f"{fmt(vs_torch, '8.2f')} | {fmt(ratio, '13.2f')} | {fmt(k.overhead_share(), '22.1%')}")
     print()
     for key, (k, t, kj), n, bs in rows:
         if not k.available:
