@@ -48,6 +48,9 @@ __all__ = ["prepare_forward", "prune_dead_nodes", "WEIGHT_GRAD_STRATEGY"]
 #: how Conv/ConvTranspose weight gradients are computed: "auto", "offsets" (one GEMM per
 #: kernel offset) or "conv" (the batch-as-channels Conv trick).
 WEIGHT_GRAD_STRATEGY = "auto"
+#: the input gradient of a unit-stride Conv: "conv" (a Conv with the flipped kernel) or
+#: "transpose" (ConvTranspose, as for strided convolutions)
+CONV_INPUT_GRAD = "conv"
 
 _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
        onnx.TensorProto.FLOAT16: np.float16}
@@ -261,7 +264,7 @@ def _conv_input_grad(g: GradContext, dy: str, wt: str, w: _Window, c: int, m: in
     input size)."""
     e = g.e
     r = w.rank
-    if all(s == 1 for s in w.strides):
+    if CONV_INPUT_GRAD == "conv" and all(s == 1 for s in w.strides):
         pads_b = [ke - 1 - b for ke, b in zip(w.keff, w.begin)]
         pads_e = [ke - 1 - a for ke, a in zip(w.keff, w.end)]
         if all(p >= 0 for p in pads_b + pads_e):
