@@ -149,10 +149,12 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("input_grad", ["conv", "transpose"])
 @pytest.mark.parametrize("strategy", ["offsets", "conv"])
 @pytest.mark.parametrize("xs,ws,attrs", CONV_CASES)
-def test_conv_op(xs, ws, attrs, strategy, monkeypatch):
+def test_conv_op(xs, ws, attrs, strategy, input_grad, monkeypatch):
     monkeypatch.setattr(nn_rules, "WEIGHT_GRAD_STRATEGY", strategy)
+    monkeypatch.setattr(nn_rules, "CONV_INPUT_GRAD", input_grad)
     ins = {"x": f32(*xs), "w": f32(*ws), "b": f32(ws[0])}
     op_check(lambda e, x, w, b: e.op("Conv", [x, w, b], kernel_shape=list(ws[2:]), **attrs), ins)
 
