@@ -237,6 +237,8 @@ def _loss_kind(name: str, loss, rank: int) -> str:
 
 def _optimizer_kind(opt) -> str:
     cls = type(opt).__name__
+    if getattr(opt, "use_ema", False):
+        raise _refuse(f"use_ema=True (optimizer {cls})", "ORT's optimizer models keep no moving average of the weights")
     for arg in ("clipnorm", "clipvalue", "global_clipnorm"):
         if getattr(opt, arg, None) is not None:
             raise _refuse(f"{arg} (optimizer {cls})", "ORT's optimizer models do not clip gradients like Keras")

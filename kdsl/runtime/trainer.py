@@ -125,6 +125,14 @@ class Trainer:
             self.state[s.name] = self._ortvalue(value.astype(s.value.dtype, copy=False))
         self._bindings = None   # rebuilt around the new state at the next step
 
+    def finalize_ema(self) -> None:
+        """Replace each weight by its moving average (the ``w:ema`` slot): Keras's
+        ``finalize_variable_values`` at the end of ``fit`` with ``use_ema=True``."""
+        for s in self.program.state:
+            if s.kind == "slot" and s.name.endswith(":ema"):
+                self.state[s.name[:-4]] = self._ortvalue(self.state[s.name].numpy())
+        self._bindings = None
+
     def slot_values(self) -> dict[str, np.ndarray]:
         return {s.name: self.state[s.name].numpy() for s in self.program.state if s.kind == "slot"}
 

@@ -42,6 +42,13 @@ class Optimizer:
         clipnorm: clip each gradient to this L2 norm.
         clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
         global_clipnorm: clip all gradients together to this global L2 norm.
+        use_ema: keep an exponential moving average of each trained weight (a slot ``w:ema``,
+            updated after every step: ``ema = m * ema + (1 - m) * w`` with ``m = ema_momentum``,
+            0 at the first step); at the end of ``fit`` the weights are replaced by their
+            averages (Keras's ``finalize_variable_values``).
+        ema_momentum: the momentum ``m`` of the average.
+        ema_overwrite_frequency: if set, the weights are also replaced by their averages every
+            this many steps.
         name: the optimizer's name.
     """
 
@@ -52,7 +59,8 @@ class Optimizer:
 
     def __init__(self, learning_rate: Any = None, weight_decay: float | None = None,
                  clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, name: str | None = None):
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, name: str | None = None):
         n_clip = sum(a is not None for a in (clipnorm, clipvalue, global_clipnorm))
         if n_clip > 1:
             raise KdslError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
@@ -68,6 +76,16 @@ class Optimizer:
         self.global_clipnorm = _opt_float(global_clipnorm, "global_clipnorm")
         self.name = name or self.default_name
         self.iterations = 0
+        self.use_ema = bool(use_ema)
+        if isinstance(ema_momentum, bool) or not 0.0 <= float(ema_momentum) <= 1.0:
+            raise KdslError(f"`ema_momentum` must be a float between [0, 1]. Received: ema_momentum={ema_momentum}")
+        self.ema_momentum = float(ema_momentum)
+        if ema_overwrite_frequency is not None and (isinstance(ema_overwrite_frequency, bool) or
+                                                    int(ema_overwrite_frequency) != ema_overwrite_frequency or
+                                                    int(ema_overwrite_frequency) < 1):
+            raise KdslError("`ema_overwrite_frequency` must be a positive integer or None. Received: "
+                            f"ema_overwrite_frequency={ema_overwrite_frequency}")
+        self.ema_overwrite_frequency = None if ema_overwrite_frequency is None else int(ema_overwrite_frequency)
 
     # -- learning rate (host side) ---------------------------------------------------------
     @property
@@ -81,7 +99,8 @@ class Optimizer:
         self._learning_rate = value
 
     def get_config(self) -> dict:
-        cfg = {k: getattr(self, k) for k in ("name", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue")}
+        cfg = {k: getattr(self, k) for k in ("name", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue",
+                                             "use_ema", "ema_momentum", "ema_overwrite_frequency")}
         lr = self._learning_rate
         cfg["learning_rate"] = lr.get_config() | {"class_name": type(lr).__name__} if hasattr(lr, "get_config") \
             else float(lr)
@@ -105,8 +124,23 @@ class Optimizer:
             if self.weight_decay is not None:
                 decay = e.op("Mul", [e.op("Mul", [w, e.scalar(self.weight_decay)]), lr])
                 w = e.op("Sub", [w, decay])
-            out.append(self.update(e, w, g, slots, lr, step))
+            new_w, new_slots = self.update(e, w, g, slots, lr, step)
+            if self.use_ema:
+                new_w, new_slots["ema"] = self._ema(e, new_w, slots["ema"], step)
+            out.append((new_w, new_slots))
         return out
+
+    def _ema(self, e: Emitter, new_w: str, ema: str, step: str) -> tuple[str, str]:
+        """Keras's ``_update_model_variables_moving_average`` (momentum 0 at the first step, so the
+        average starts at the weight) and the overwrite every ``ema_overwrite_frequency`` steps."""
+        first = e.op("Equal", [step, e.scalar(1.0)])
+        m = e.op("Where", [first, e.scalar(0.0), e.scalar(self.ema_momentum)])
+        new_ema = e.op("Add", [e.op("Mul", [ema, m]), e.op("Mul", [new_w, e.op("Sub", [e.scalar(1.0), m])])])
+        if self.ema_overwrite_frequency:
+            f = e.scalar(float(self.ema_overwrite_frequency))
+            due = e.op("Equal", [e.op("Mul", [e.op("Floor", [e.op("Div", [step, f])]), f]), step])
+            new_w = e.op("Where", [due, new_ema, new_w])
+        return new_w, new_ema
 
     def _clip(self, e: Emitter, grads: list[str]) -> list[str]:
         """Keras's ``_clip_gradients``: clipnorm, else global_clipnorm, else clipvalue (if > 0)."""
@@ -124,7 +158,8 @@ class Optimizer:
         raise NotImplementedError
 
     def initial_slots(self, shape: tuple[int, ...], dtype=np.float32) -> dict[str, np.ndarray]:
-        return {name: np.full(shape, value, dtype=dtype) for name, value in self.slots}
+        slots = self.slots + ((("ema", 0.0),) if self.use_ema else ())
+        return {name: np.full(shape, value, dtype=dtype) for name, value in slots}
 
 
 def _sum_all(e: Emitter, x: str) -> str:
@@ -163,8 +198,10 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate: Any = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float | None = None, clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, name: str | None = "SGD"):
-        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, name)
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, name: str | None = "SGD"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                         ema_overwrite_frequency, name)
         if isinstance(momentum, bool) or not 0.0 <= float(momentum) <= 1.0:
             raise KdslError(f"`momentum` must be a float between [0, 1]. Received: momentum={momentum}")
         self.momentum = float(momentum)
@@ -203,8 +240,10 @@ class Adam(Optimizer):
     def __init__(self, learning_rate: Any = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, amsgrad: bool = False, weight_decay: float | None = None,
                  clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, name: str | None = "adam"):
-        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, name)
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, name: str | None = "adam"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                         ema_overwrite_frequency, name)
         self.beta_1, self.beta_2 = float(beta_1), float(beta_2)
         self.epsilon, self.amsgrad = float(epsilon), bool(amsgrad)
         self.slots = (("m", 0.0), ("v", 0.0)) + ((("vhat", 0.0),) if self.amsgrad else ())
@@ -239,11 +278,12 @@ class AdamW(Adam):
     def __init__(self, learning_rate: Any = 0.001, weight_decay: float = 0.004, beta_1: float = 0.9,
                  beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
                  clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, name: str | None = "adamw"):
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, name: str | None = "adamw"):
         if weight_decay is None:
             raise KdslError("Argument `weight_decay` must be a float. Received: weight_decay=None")
         super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, clipvalue,
-                         global_clipnorm, name)
+                         global_clipnorm, use_ema, ema_momentum, ema_overwrite_frequency, name)
 
 
 class RMSprop(Optimizer):
@@ -264,8 +304,11 @@ class RMSprop(Optimizer):
 
     def __init__(self, learning_rate: Any = 0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7,
                  centered: bool = False, weight_decay: float | None = None, clipnorm: float | None = None,
-                 clipvalue: float | None = None, global_clipnorm: float | None = None, name: str | None = "rmsprop"):
-        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, name)
+                 clipvalue: float | None = None, global_clipnorm: float | None = None, use_ema: bool = False,
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None,
+                 name: str | None = "rmsprop"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                         ema_overwrite_frequency, name)
         self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
         self.centered = bool(centered)
         self.slots = (("velocity", 0.0),) + ((("momentum", 0.0),) if self.momentum > 0 else ()) \
@@ -303,8 +346,10 @@ class Adagrad(Optimizer):
 
     def __init__(self, learning_rate: Any = 0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7,
                  weight_decay: float | None = None, clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, name: str | None = "adagrad"):
-        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, name)
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, name: str | None = "adagrad"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                         ema_overwrite_frequency, name)
         if float(initial_accumulator_value) < 0:
             raise KdslError("`initial_accumulator_value` must be non-negative. Received: "
                             f"initial_accumulator_value={initial_accumulator_value}")

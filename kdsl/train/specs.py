@@ -29,7 +29,8 @@ LOSS_ALIASES = {
     "categorical_cross_entropy": "categorical_crossentropy",
 }
 _OPT = {"learning_rate": float, "weight_decay": float, "clipnorm": float, "clipvalue": float,
-        "global_clipnorm": float, "name": str}
+        "global_clipnorm": float, "use_ema": bool, "ema_momentum": float, "ema_overwrite_frequency": int,
+        "name": str}
 OPTIMIZERS: dict[str, dict[str, type]] = {
     "sgd": {**_OPT, "momentum": float, "nesterov": bool},
     "adam": {**_OPT, "beta_1": float, "beta_2": float, "epsilon": float, "amsgrad": bool},

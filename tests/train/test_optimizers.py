@@ -105,7 +105,7 @@ class UpdateGraph:
         for n in ("lr", "step"):
             e.reserve(n)
             inputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, []))
-        self.slot_names = [name for name, _ in opt.slots]
+        self.slot_names = list(opt.initial_slots((1,)))
         for i, shp in enumerate(shapes):
             w, g = f"w{i}", f"g{i}"
             slots = {s: f"w{i}:{s}" for s in self.slot_names}
@@ -143,7 +143,7 @@ def random_state(opt, shapes, zero_slots=False):
     slots = []
     for s in shapes:
         d = {}
-        for name, init in opt.slots:
+        for name, init in [(k, v.reshape(-1)[0]) for k, v in opt.initial_slots((1,)).items()]:
             if zero_slots:
                 d[name] = np.full(s, init, np.float32)
             elif name in ("v", "vhat", "velocity", "accumulator"):           # second moments: >= 0
@@ -394,3 +394,91 @@ def test_get_optimizer_errors():
         get_optimizer(Spec("adam", [], {"rho": 0.9}))
     with pytest.raises(KdslError, match="Could not interpret"):
         get_optimizer(42)
+
+
+# -- use_ema (Keras's moving average of the weights) -------------------------------------------------------
+def np_ema(new_w, ema, t, momentum):
+    m = 0.0 if t == 1 else momentum
+    return m * ema + (1 - m) * new_w
+
+
+@pytest.mark.parametrize("kind,kw", [("sgd", {}), ("adam", {}), ("rmsprop", {"momentum": 0.5})])
+@pytest.mark.parametrize("t", [1, 5])
+def test_ema_slot_follows_keras(kind, kw, t):
+    """``ema = m * ema + (1 - m) * new_w`` after the update, m = 0 at the first step (Keras's
+    _update_model_variables_moving_average); the weights themselves are Keras's update."""
+    cfg = dict(kw, use_ema=True, ema_momentum=0.9)
+    opt = OPTIMIZER_CLASSES[kind](learning_rate=0.03, **cfg)
+    assert "ema" in opt.initial_slots((2,))
+    ws, gs, slots = random_state(opt, SHAPES)
+    got = UpdateGraph(opt, SHAPES).run(ws, gs, slots, 0.03, t)
+    plain = [{k: v for k, v in s.items() if k != "ema"} for s in slots]
+    want = np_step(kind, kw, ws, gs, plain, f32(0.03), t)
+    for (gw, gslots), (ww, _), s in zip(got, want, slots):
+        np.testing.assert_allclose(gw, ww, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(gslots["ema"], np_ema(ww, s["ema"], t, 0.9), rtol=2e-5, atol=1e-6)
+
+
+def test_ema_overwrite_frequency_replaces_the_weights_every_n_steps():
+    opt = O.SGD(0.1, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=3)
+    graph = UpdateGraph(opt, [(4,)])
+    ws, gs, slots = random_state(opt, [(4,)])
+    for t in (2, 3, 6, 7):
+        (w_new, s_new), = graph.run(ws, gs, slots, 0.1, t)
+        plain = ws[0] - 0.1 * gs[0]
+        ema = np_ema(plain, slots[0]["ema"], t, 0.5)
+        np.testing.assert_allclose(s_new["ema"], ema, rtol=1e-6)
+        np.testing.assert_allclose(w_new, ema if t % 3 == 0 else plain, rtol=1e-6)
+
+
+def test_fit_with_use_ema_ends_with_the_averaged_weights():
+    """Keras's fit ends with finalize_variable_values: the trained weights become their averages."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)).astype("float32")
+    y = (x @ rng.normal(size=(3, 1))).astype("float32")
+    inp = kdsl.Input((3,), name="x")
+    m = kdsl.Model(inp, {"y": L.Dense(1)(inp)}, seed=0)
+    m.compile(optimizer=O.SGD(0.1, use_ema=True, ema_momentum=0.8), loss="mse")
+    k0, b0 = m.get_weights()
+    # the same steps by hand: full-batch SGD on mse, and the average of the weights
+    w, b = k0.astype(np.float64), b0.astype(np.float64)
+    ew, eb = np.zeros_like(w), np.zeros_like(b)
+    for t in range(1, 6):
+        d = 2 * (x @ w + b - y) / len(x)
+        w, b = w - 0.1 * (x.T @ d), b - 0.1 * d.sum(0)
+        ew, eb = np_ema(w, ew, t, 0.8), np_ema(b, eb, t, 0.8)
+    m.fit(x, y, batch_size=64, epochs=5, shuffle=False, verbose=0)
+    k, bb = m.get_weights()
+    np.testing.assert_allclose(k, ew, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bb, eb, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(k, w, atol=1e-3)           # the average, not the last weights
+
+
+def test_ema_arguments_are_checked():
+    with pytest.raises(KdslError, match="`ema_momentum` must be a float between"):
+        O.Adam(ema_momentum=1.5)
+    with pytest.raises(KdslError, match="`ema_overwrite_frequency` must be a positive integer"):
+        O.Adam(use_ema=True, ema_overwrite_frequency=0)
+
+
+def test_use_ema_from_a_train_section_survives_a_checkpoint(tmp_path):
+    src = """
+model m { input x: float32[3]
+          output y = x -> Dense(1) }
+train m { loss = mse
+          optimizer = Adam(learning_rate=0.01, use_ema=true, ema_momentum=0.9) }
+"""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = x.sum(1, keepdims=True).astype("float32")
+    m = kdsl.loads(src)
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert m.optimizer.use_ema and m.optimizer.ema_momentum == 0.9
+    m.save(str(tmp_path / "ckpt"))
+    again = kdsl.load_model(str(tmp_path / "ckpt"))
+    assert again.optimizer.use_ema and again.optimizer.ema_momentum == 0.9
+    saved = {k: v for k, v in m._trainer.slot_values().items() if k.endswith(":ema")}
+    restored = again._pending_slots            # handed to the trainer at the next fit
+    assert set(saved) == {"dense/kernel:ema", "dense/bias:ema"}
+    for k, v in saved.items():
+        np.testing.assert_array_equal(restored[k], v)
