@@ -482,6 +482,7 @@ def test_unsupported_losses_are_refused(loss, message):
 @pytest.mark.parametrize("opt,message", [
     (lambda: SGD(0.1, momentum=0.9), "SGD with momentum=0.9"),
     (lambda: Adam(0.1, amsgrad=True), "Adam with amsgrad=True"),
+    (lambda: Adam(0.1, use_ema=True), "use_ema=True (optimizer Adam)"),
     (lambda: Adam(0.1, clipnorm=1.0), "clipnorm"),
 ])
 def test_unsupported_optimizers_are_refused(opt, message):
