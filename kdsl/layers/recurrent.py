@@ -34,7 +34,7 @@ Two lowerings:
   of all steps is one ``MatMul`` before the loop, split per step by one ``Split``; each step
   does ``h @ recurrent_kernel`` and elementwise gate math; masks are ``Where(m_t, new, old)``
   (exact for any mask). Every op has a gradient rule (see :mod:`kdsl.lower.autodiff_seq`); an
-  LSTM with sigmoid gates and tanh activations, without mask or recurrent dropout, records its
+  LSTM with sigmoid gates and tanh activations, without recurrent dropout, records its
   steps and gets a backward pass written for the cell instead (:mod:`kdsl.lower.autodiff_rnn`:
   half the nodes of the op-by-op form, the same gradients).
 
@@ -357,7 +357,7 @@ class _Recurrent(Layer):
         order = range(steps_n - 1, -1, -1) if self.go_backwards else range(steps_n)
         state: list[str] | None = None
         outs = []
-        tape = self._tape(ctx, aux, masks is None and rec_mask is None)
+        tape = self._tape(ctx, aux, rec_mask is None)
         first = len(e.nodes)
         for t in order:
             new = self._step(ctx, [s[t] for s in split], state, aux, rec_mask)
@@ -369,6 +369,9 @@ class _Recurrent(Layer):
                 old = state or [zero] * len(new)
                 state = [e.op("Where", [mt, n, o]) for n, o in zip(new, old)]
                 out = e.op("Where", [mt, new[0], zero]) if zero_output else state[0]
+                if tape is not None:
+                    step = tape.steps[-1]
+                    step.m, step.hs, step.cs, step.out = mt, state[0], state[1], out
             outs.append(out)
         if tape is not None and len(e.nodes) > first:
             tape.first_node, tape.last_node = e.nodes[first].output[0], e.nodes[-1].output[0]
@@ -377,7 +380,7 @@ class _Recurrent(Layer):
 
     def _tape(self, ctx, aux: dict, plain: bool):
         """A record of the steps for the fused backward pass (kdsl.lower.autodiff_rnn), for
-        training LSTMs with sigmoid gates and tanh activations, no mask, no recurrent dropout."""
+        training LSTMs with sigmoid gates and tanh activations and no recurrent dropout."""
         return None
 
     def _project(self, ctx, xp: str, bias: str | None, aux: dict) -> list[str]:

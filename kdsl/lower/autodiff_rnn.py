@@ -3,7 +3,7 @@
 The unrolled LSTM (see :mod:`kdsl.layers.recurrent`) emits about a dozen small ops per time
 step; differentiating them op by op gives about two dozen more per step, each a separate
 onnxruntime kernel launch on ``[batch, units]`` tensors. For the common configuration (sigmoid
-gates, tanh activations, no mask, no recurrent dropout) the layer records a :class:`LSTMTape`
+gates, tanh activations, no recurrent dropout; masked or not) the layer records a :class:`LSTMTape`
 of its steps, and :func:`fuse` replaces the steps' nodes, for backprop only, by one node whose
 rule (:func:`_lstm_rule`) emits:
 
@@ -14,6 +14,10 @@ rule (:func:`_lstm_rule`) emits:
   ``dz = [dc, dh, dc, dc] * A_t`` (ONNX gate order i, o, f, c) and ``dh_prev = dz @ R^T``:
   five ops and one small GEMM;
 * the recurrent kernel's gradient as one GEMM over all steps (``H_prev^T @ dZ``).
+
+With a mask, a step's states are ``Where(m_t, new, old)`` (and its output, in a Bidirectional,
+``Where(m_t, h_new, 0)``): the gradient of a state splits into ``m_t * g`` for the step's new
+values and ``(1 - m_t) * g`` passed straight to the previous state.
 
 The forward graph is unchanged; the per-step input gradients ``dz_t`` flow into the ``Split``
 of the hoisted input projection, whose own rules do the rest.
@@ -39,7 +43,9 @@ OP_TYPE = "KdslUnrolledLSTM"   # only ever seen by backprop; never written to a 
 class LSTMStep:
     """One step's values: its projected input ``x`` ``[1, b, 4u]``, the sigmoid gates ``sig``
     ``[1, b, 3u]`` (i, o, f), ``f`` the forget gate (None at the first step), ``g = tanh(z_c)``,
-    the cell ``c``, ``tc = tanh(c)`` and the output ``h``."""
+    the new cell ``c``, ``tc = tanh(c)`` and the new ``h``. With a mask: ``m`` (bool
+    ``[1, b, 1]``), the states ``hs``, ``cs`` after the step and its output ``out`` (``hs``, or
+    the new h with masked rows zeroed); without, these are ``h``, ``c`` and ``h``."""
     x: str
     sig: str
     f: str | None
@@ -47,6 +53,13 @@ class LSTMStep:
     c: str
     tc: str
     h: str
+    m: str | None = None
+    hs: str = ""
+    cs: str = ""
+    out: str = ""
+
+    def __post_init__(self):
+        self.hs, self.cs, self.out = self.hs or self.h, self.cs or self.c, self.out or self.h
 
 
 @dataclass
@@ -76,14 +89,18 @@ def fuse(nodes: Sequence[onnx.NodeProto], tapes: Sequence[LSTMTape],
         if first is None or last is None or last < first:
             continue                          # pruned or reordered: plain op-by-op rules apply
         inside = {o for n in out[first:last + 1] for o in n.output}
-        outputs = [s.h for s in tape.steps] + [tape.steps[-1].c]
+        last_step = tape.steps[-1]
+        outputs = [s.out for s in tape.steps] + ([last_step.hs] if last_step.hs != last_step.out else []) \
+            + [last_step.cs]
+        masks = [s.m for s in tape.steps if s.m is not None]
         # every value the group reads from outside must be a declared input
         reads = {i for n in out[first:last + 1] for i in n.input if i and i not in inside}
-        declared = {s.x for s in tape.steps} | {tape.rt} | constants
-        if not reads <= declared:
+        declared = {s.x for s in tape.steps} | {tape.rt} | set(masks) | constants
+        if not reads <= declared or (masks and len(masks) != len(tape.steps)):
             continue
         _TAPES[tape.name] = tape
-        node = helper.make_node(OP_TYPE, [s.x for s in tape.steps] + [tape.rt], outputs, name=tape.name)
+        node = helper.make_node(OP_TYPE, [s.x for s in tape.steps] + [tape.rt] + masks, outputs,
+                                name=tape.name)
         out[first:last + 1] = [node]
     return out
 
@@ -102,7 +119,10 @@ def _lstm_rule(g: GradContext, n, gy):
     e = g.e
     steps, T, u = tape.steps, len(tape.steps), tape.units
     one = e.const(np.ones((1, 1, 1), np.float32), hint="one")
-    gy_h, gy_c = list(gy[:T]), gy[T]
+    masked = steps[0].m is not None
+    zero_output = steps[-1].out != steps[-1].hs       # outputs Where(m, h_new, 0), apart from the states
+    gy_out, gy_c = list(gy[:T]), gy[-1]
+    gy_hs_last = gy[T] if zero_output else None
 
     def dsig(s):   # s * (1 - s)
         return e.op("Mul", [s, e.op("Sub", [one, s])])
@@ -112,7 +132,7 @@ def _lstm_rule(g: GradContext, n, gy):
     i, o, f = e.op("Split", [sig, e.ints([u, u, u])], n_out=3, axis=2)
     gg = _stack(e, [s.g for s in steps])
     tc = _stack(e, [s.tc for s in steps])
-    c = _stack(e, [s.c for s in steps])
+    c = _stack(e, [s.cs for s in steps])                             # the cell states after each step
     c_prev = e.op("Pad", [e.op("Slice", [c, e.ints([0]), e.ints([T - 1]), e.ints([0])]),
                           e.ints([1, 0, 0, 0, 0, 0])])               # c_{t-1}, zeros before the first
     a_i = e.op("Mul", [gg, dsig(i)])
@@ -123,31 +143,46 @@ def _lstm_rule(g: GradContext, n, gy):
     a = _unstack(e, e.op("Concat", [a_i, a_o, a_f, a_g], axis=2), T)
     k = _unstack(e, k, T)
     r_t = e.transpose(tape.rt, [1, 0])                               # [4u, u]
+    mf = _unstack(e, e.op("Cast", [_stack(e, [s.m for s in steps])], to=onnx.TensorProto.FLOAT), T) \
+        if masked else None
+
+    def total(parts):
+        parts = [p for p in parts if p is not None]
+        return None if not parts else parts[0] if len(parts) == 1 else e.op("Sum", parts)
 
     dz: list[str | None] = [None] * T
-    dh_rec = dc_next = None
+    dh_rec = dc_next = None              # gradients of the states after step t - 1, from step t
     for t in range(T - 1, -1, -1):
-        parts = [p for p in (gy_h[t], dh_rec) if p is not None]
-        dh = parts[0] if len(parts) == 1 else (e.op("Add", parts) if parts else None)
-        cparts = [p for p in (dc_next, gy_c if t == T - 1 else None) if p is not None]
-        if dh is not None:
-            cparts.append(e.op("Mul", [dh, k[t]]))
-        if not cparts:
-            continue                                                  # nothing flows back from here
-        dc = cparts[0] if len(cparts) == 1 else e.op("Sum", cparts)
+        last = t == T - 1
+        g_hs = total([None if zero_output else gy_out[t], dh_rec, gy_hs_last if last else None])
+        g_cs = total([dc_next, gy_c if last else None])
+        pass_h = pass_c = None
+        if masked:   # states = Where(m, new, old): m * g to the new values, (1 - m) * g to the old
+            new_h = e.op("Mul", [g_hs, mf[t]]) if g_hs is not None else None
+            dh = total([new_h, e.op("Mul", [gy_out[t], mf[t]]) if zero_output and gy_out[t] is not None else None])
+            dc_in = e.op("Mul", [g_cs, mf[t]]) if g_cs is not None else None
+            if t > 0:
+                pass_h = e.op("Sub", [g_hs, new_h]) if g_hs is not None else None
+                pass_c = e.op("Sub", [g_cs, dc_in]) if g_cs is not None else None
+        else:
+            dh, dc_in = g_hs, g_cs
+        dc = total([dc_in, e.op("Mul", [dh, k[t]]) if dh is not None else None])
+        if dc is None:
+            dh_rec, dc_next = pass_h, pass_c                          # nothing enters this step's cell
+            continue
         if dh is None:
             dh = e.op("Mul", [dc, e.const(np.zeros((1, 1, 1), np.float32), hint="zero")])
         dz[t] = e.op("Mul", [e.op("Concat", [dc, dh, dc, dc], axis=2), a[t]])
         if t > 0:
-            dh_rec = e.op("MatMul", [dz[t], r_t])
-            dc_next = e.op("Mul", [dc, steps[t].f])
+            dh_rec = total([e.op("MatMul", [dz[t], r_t]), pass_h])
+            dc_next = total([e.op("Mul", [dc, steps[t].f]), pass_c])
         else:
             dh_rec = dc_next = None
     grads: list[str | None] = list(dz)
     d_rt = None
-    pairs = [(steps[t - 1].h, dz[t]) for t in range(1, T) if dz[t] is not None]
+    pairs = [(steps[t - 1].hs, dz[t]) for t in range(1, T) if dz[t] is not None]
     if pairs and tape.rt in getattr(g, "active", {tape.rt}):
         h_prev = e.reshape(_stack(e, [h for h, _ in pairs]), [-1, u])
         dzs = e.reshape(_stack(e, [d for _, d in pairs]), [-1, 4 * u])
         d_rt = e.op("MatMul", [e.transpose(h_prev, [1, 0]), dzs])   # [u, 4u]
-    return grads + [d_rt]
+    return grads + [d_rt] + ([None] * T if masked else [])

@@ -182,13 +182,47 @@ def test_fused_lstm_backward_equals_op_by_op(key, monkeypatch):
     assert n_fused < 0.8 * n_plain, (n_fused, n_plain)
 
 
-def test_fused_lstm_backward_is_not_used_with_masks_or_recurrent_dropout(monkeypatch):
-    """Masked steps (Where between old and new states) and a recurrent dropout mask are outside
-    the fused form: those LSTMs are differentiated op by op (the same graph either way)."""
-    for layer, masked in ((L.LSTM(3), True), (L.LSTM(3, recurrent_dropout=0.2), False)):
-        m, x = (masked_model if masked else dense_model)(layer, 2)
-        fused, n_fused = _gradients(m, np.asarray(x), True, monkeypatch)
-        plain, n_plain = _gradients(m, np.asarray(x), False, monkeypatch)
-        assert n_fused == n_plain
-        for k in plain:
-            np.testing.assert_array_equal(fused[k], plain[k])
+def _masked_lstm_models():
+    def build(layer, flat=False):
+        ids = kdsl.Input((6,), dtype="int64", name="ids")
+        h = L.Embedding(9, F, mask_zero=True)(ids)
+        h = layer(h)
+        if isinstance(h, list):
+            h = L.Concatenate()(h)
+        elif flat:
+            h = L.Flatten()(h)
+        return kdsl.Model(ids, {"y": L.Dense(2)(h)}, seed=1)
+
+    return {"last": build(L.LSTM(4)), "sequences": build(L.LSTM(4, return_sequences=True), flat=True),
+            "backwards": build(L.LSTM(4, go_backwards=True, return_sequences=True), flat=True),
+            "states": build(L.LSTM(4, return_state=True)),
+            "bidirectional": build(L.Bidirectional(L.LSTM(3))),
+            "bidirectional_sequences": build(L.Bidirectional(L.LSTM(3, return_sequences=True)), flat=True)}
+
+
+@pytest.mark.parametrize("key", list(_masked_lstm_models()))
+def test_fused_lstm_backward_with_masks_equals_op_by_op(key, monkeypatch):
+    """Masked steps keep their states (and output zeros in a Bidirectional): the fused backward
+    splits each state's gradient between the step and the state before it, as the Where's do."""
+    m = _masked_lstm_models()[key]
+    ids = RNG.integers(1, 9, size=(B, 6))
+    ids[0, 3:] = 0            # right padding
+    ids[1, 1] = 0             # a masked step in the middle
+    ids[2, :] = 0             # an empty sequence
+    fused, n_fused = _gradients(m, ids, True, monkeypatch)
+    plain, n_plain = _gradients(m, ids, False, monkeypatch)
+    assert fused.keys() == plain.keys()
+    for k in plain:
+        np.testing.assert_allclose(fused[k], plain[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    assert n_fused < n_plain, (n_fused, n_plain)     # (6 steps: the bulk ops weigh; ~0.6x at 200)
+
+
+def test_fused_lstm_backward_is_not_used_with_recurrent_dropout(monkeypatch):
+    """A recurrent dropout mask is outside the fused form: that LSTM is differentiated op by op
+    (the same graph either way)."""
+    m, x = dense_model(L.LSTM(3, recurrent_dropout=0.2), 2)
+    fused, n_fused = _gradients(m, np.asarray(x), True, monkeypatch)
+    plain, n_plain = _gradients(m, np.asarray(x), False, monkeypatch)
+    assert n_fused == n_plain
+    for k in plain:
+        np.testing.assert_array_equal(fused[k], plain[k])
