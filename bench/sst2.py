@@ -78,9 +78,12 @@ def run_model(key: str, data, epochs: int | None, budget: float, seed: int, batc
     epochs = epochs or spec["epochs"]
     batch_size = batch_size or spec["batch_size"]
     model = kdsl.load(EXAMPLE, model=spec["model"], params=spec["params"], seed=seed)
+    cfg = model.train_config   # the file's train section, with the learning rate set here
+    model.compile(optimizer=cfg.optimizer, loss=cfg.loss, loss_weights=cfg.loss_weights, metrics=cfg.metrics or None)
+    lr0 = float(spec.get("lr", model.optimizer.learning_rate))
     print(f"\n== {key}: {spec['model']}({', '.join(f'{k}={v}' for k, v in spec['params'].items())}), "
-          f"{model.count_params():,} parameters, batch {batch_size}, up to {epochs} epochs, learning rate x"
-          f"{spec['lr_decay']} per epoch", flush=True)
+          f"{model.count_params():,} parameters, batch {batch_size}, up to {epochs} epochs, Adam learning rate "
+          f"{lr0:g} x{spec['lr_decay']} per epoch", flush=True)
     t0 = time.perf_counter()
     vec = model.get_layer("vectorize")
     vec.adapt(x_train)
@@ -90,10 +93,7 @@ def run_model(key: str, data, epochs: int | None, budget: float, seed: int, batc
         if per_epoch and train_s + max(per_epoch) > budget:
             print(f"   stopping: another epoch would exceed the {budget:.0f} s budget", flush=True)
             break
-        if epoch == 1:   # the file's train section compiles the model on its first fit
-            lr0 = float(model.optimizer.learning_rate)
-        if epoch >= 1:
-            model.optimizer.learning_rate = lr0 * spec["lr_decay"] ** epoch
+        model.optimizer.learning_rate = lr0 * spec["lr_decay"] ** epoch
         t = time.perf_counter()
         hist = model.fit(x_train, y_train, epochs=1, batch_size=batch_size, shuffle=True, verbose=0)
         per_epoch.append(time.perf_counter() - t)
@@ -110,7 +110,7 @@ def run_model(key: str, data, epochs: int | None, budget: float, seed: int, batc
     infer_s = time.perf_counter() - t
     onnx_acc = float(np.mean((probs > 0.5) == (y_dev == 1)))
     result = {"model": key, "kd_model": spec["model"], "params": spec["params"], "parameters": model.count_params(),
-              "vocabulary": vec.vocabulary_size(), "batch_size": batch_size, "lr_decay": spec["lr_decay"],
+              "vocabulary": vec.vocabulary_size(), "batch_size": batch_size, "learning_rate": lr0, "lr_decay": spec["lr_decay"],
               "epochs": len(per_epoch),
               "dev_accuracy": accs[-1], "dev_accuracy_per_epoch": accs, "dev_accuracy_onnx_raw_strings": onnx_acc,
               "train_seconds": round(train_s, 1), "adapt_seconds": round(adapt_s, 2),
