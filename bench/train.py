@@ -278,12 +278,16 @@ def torch_module(model_key: str, init: list[np.ndarray], torch):
     return net
 
 
-class TorchRunner(Runner):
-    name = "torch"
+class BaselineRunner(Runner):
+    """A framework rebuilding model ``model_key`` from kdsl's initial weights ``init``."""
 
     def __init__(self, model_key: str, init, x, y, args):
         super().__init__()
         self.key, self.init, self.x, self.y, self.args = model_key, init, x, y, args
+
+
+class TorchRunner(BaselineRunner):
+    name = "torch"
 
     def setup(self):
         try:
@@ -349,12 +353,8 @@ class TorchRunner(Runner):
 
 
 # -- Keras 3 on JAX ---------------------------------------------------------------------------------
-class KerasRunner(Runner):
+class KerasRunner(BaselineRunner):
     name = "keras-jax"
-
-    def __init__(self, model_key: str, init, x, y, args):
-        super().__init__()
-        self.key, self.init, self.x, self.y, self.args = model_key, init, x, y, args
 
     def setup(self):
         os.environ.setdefault("KERAS_BACKEND", "jax")

@@ -29,9 +29,6 @@ from ..ir import BATCH, TensorType
 from .autodiff_nn import prepare_forward, prune_dead_nodes   # also registers the conv/pool/norm rules
 from .autodiff import backprop
 from .autodiff_rnn import fuse as fuse_lstm
-
-#: the LSTM's own backward pass (autodiff_rnn); False differentiates its steps op by op (tests)
-FUSED_LSTM_BACKWARD = True
 from .context import CL, LowerContext
 from .emitter import ONNX_DTYPE, Emitter
 from .export import check_opset, input_types, lower_body, make_model, value_info
@@ -43,6 +40,9 @@ if TYPE_CHECKING:
     from ..train.optimizers import Optimizer
 
 __all__ = ["TrainSetup", "TrainingProgram", "StateEntry", "build_training", "build_gradient_graph", "log_names"]
+
+#: the LSTM's own backward pass (autodiff_rnn); False differentiates its steps op by op (tests)
+FUSED_LSTM_BACKWARD = True
 
 
 @dataclass

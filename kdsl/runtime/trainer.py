@@ -195,11 +195,9 @@ class Trainer:
         when their binding is reused, so none of the state is left to it."""
         if self._bindings is None:
             updated = [o[:-4] for o in self.train_outputs if o.endswith(":new")]
-            spare = {}
-            for name in updated:
-                v = self.state[name]
-                spare[name] = self._ort.OrtValue.ortvalue_from_shape_and_type(
-                    v.shape(), _NUMPY_OF[v.data_type()], self.device, 0)
+            initial = {s.name: s.value for s in self.program.state}
+            spare = {name: self._ort.OrtValue.ortvalue_from_shape_and_type(
+                initial[name].shape, initial[name].dtype, self.device, 0) for name in updated}
             first, second = dict(self.state), {**self.state, **spare}
             bindings = []
             for src, dst in ((first, second), (second, first)):
@@ -241,11 +239,6 @@ class Trainer:
         self.eval_sess.run_with_iobinding(io)
         del kept
         return {n: v.numpy() for n, v in zip(self.eval_outputs, io.get_outputs())}
-
-
-#: onnxruntime's element type strings -> NumPy dtypes (for buffers of the state's types)
-_NUMPY_OF = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-             "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
 
 
 class EpochAggregator:

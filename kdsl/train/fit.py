@@ -199,7 +199,7 @@ class TrainingMixin:
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
-        if getattr(opt, "use_ema", False) and epochs > initial_epoch and hasattr(trainer, "finalize_ema"):
+        if opt.use_ema and epochs > initial_epoch:   # (the ort-training engine refuses use_ema)
             trainer.finalize_ema()          # Keras: optimizer.finalize_variable_values, before on_train_end
         trainer.sync_to_model()
         cbs.on_train_end(logs)
