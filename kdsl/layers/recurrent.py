@@ -358,6 +358,8 @@ class _Recurrent(Layer):
         state: list[str] | None = None
         outs = []
         tape = self._tape(ctx, aux, rec_mask is None)
+        if tape is not None:
+            tape.xp, tape.xs = per_step_inputs[0], list(split[0])
         first = len(e.nodes)
         for t in order:
             new = self._step(ctx, [s[t] for s in split], state, aux, rec_mask)
@@ -600,7 +602,7 @@ class LSTM(_Recurrent):
         if "tape" in aux:
             from ..lower.autodiff_rnn import LSTMStep
 
-            aux["tape"].steps.append(LSTMStep(xs[0], sig, f if state is not None else None, g, c, tc, h))
+            aux["tape"].steps.append(LSTMStep(xs[0], i, o, f, g, c, tc, h))
         return [h, c]
 
 

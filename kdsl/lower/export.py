@@ -11,6 +11,7 @@ from ..errors import KdslError
 from ..ir import Graph, Node, TensorType
 from .context import CL, LowerContext
 from .emitter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_DTYPE, Emitter
+from .rewrite import transpose_gather_indices
 
 if TYPE_CHECKING:
     pass
@@ -157,9 +158,13 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False
                 node.output[i] = renames[x]
 
     inputs = [value_info(n, t) for n, t in input_types(graph, skip_host_preprocessing)]
+    ranks = {n: len(i.dims) for n, i in e.initializers.items()} | \
+        {vi.name: len(vi.type.tensor_type.shape.dim) for vi in inputs}
+    e.nodes[:] = transpose_gather_indices(e.nodes, e, ranks, [o.name for o in outputs])
     out_set = set(out_names) | graph_inputs
+    produced = {o for nd in e.nodes for o in nd.output}
     infos = [value_info(renames.get(n, n), t) for n, t in ctx.types.items()
-             if renames.get(n, n) not in out_set]
+             if renames.get(n, n) not in out_set and renames.get(n, n) in produced]
     g = helper.make_graph(e.nodes, graph.name, inputs, outputs,
                           initializer=list(e.initializers.values()), value_info=infos, doc_string=doc)
     return make_model(g, opset, metadata)

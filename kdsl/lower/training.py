@@ -29,6 +29,7 @@ from ..ir import BATCH, TensorType
 from .autodiff_nn import prepare_forward, prune_dead_nodes   # also registers the conv/pool/norm rules
 from .autodiff import backprop
 from .autodiff_rnn import fuse as fuse_lstm
+from .rewrite import transpose_gather_indices
 from .context import CL, LowerContext
 from .emitter import ONNX_DTYPE, Emitter
 from .export import check_opset, input_types, lower_body, make_model, value_info
@@ -205,6 +206,8 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
         state.append(StateEntry(wname, kind, np.ascontiguousarray(layer.onnx_weight(w)), layer, w,
                                 updated=False))
     by_name = {s.name: s for s in state}
+    ranks = {s.name: s.value.ndim for s in state} | {vi.name: len(vi.type.tensor_type.shape.dim) for vi in inputs}
+    e.nodes[:] = transpose_gather_indices(e.nodes, e, ranks, outputs)
     new_outputs: list[tuple[str, str]] = []
     if training:
         trainable = [s.name for s in state if s.kind == "weight"]

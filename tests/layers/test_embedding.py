@@ -51,3 +51,77 @@ def test_embedding_argument_errors():
         Embedding(4, 2.5)
     with pytest.raises(kdsl.KdslError, match="Unknown initializer"):
         Embedding(4, 2, embeddings_initializer="unifrom")(kdsl.Input((3,), dtype="int32"))
+
+
+# -- the ids, not the embeddings, are transposed for time-major layers (kdsl.lower.rewrite) ------------------------
+def _gather_transpose_graph(perm, extra_use=False, as_output=False):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from kdsl.lower.emitter import Emitter
+    from kdsl.lower.rewrite import transpose_gather_indices
+
+    e = Emitter(17)
+    for n in ("table", "ids"):
+        e.reserve(n)
+    emb = e.op("Gather", ["table", "ids"], axis=0)
+    y = e.op("Transpose", [emb], perm=perm)
+    outs = [y] + ([e.op("Neg", [emb])] if extra_use else []) + ([emb] if as_output else [])
+    before = [n.op_type for n in e.nodes]
+    nodes = transpose_gather_indices(e.nodes, e, {"table": 2, "ids": 2}, outs)
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("table", TensorProto.FLOAT, [10, 3]),
+                                       helper.make_tensor_value_info("ids", TensorProto.INT64, [4, 5])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, [None] * 3) for o in outs])
+    m = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    return m, before
+
+
+@pytest.mark.parametrize("perm,extra_use,as_output,rewritten", [
+    ([1, 0, 2], False, False, True),       # [b, T, d] -> [T, b, d]: transpose the ids instead
+    ([0, 2, 1], False, False, False),      # moves the embedding axis: left alone
+    ([1, 0, 2], True, False, False),       # the embeddings feed something else too
+    ([1, 0, 2], False, True, False),       # the embeddings are a graph output
+])
+def test_transpose_of_an_embedding_lookup_moves_to_the_ids(perm, extra_use, as_output, rewritten):
+    import onnxruntime as ort
+
+    m, before = _gather_transpose_graph(perm, extra_use, as_output)
+    table = RNG.normal(size=(10, 3)).astype("float32")
+    ids = RNG.integers(0, 10, size=(4, 5))
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"table": table, "ids": ids})
+    assert_close(got[0], np.transpose(table[ids], perm))
+    gathers = [n for n in m.graph.node if n.op_type == "Gather"]
+    assert (gathers[0].input[1] != "ids") == rewritten
+    assert [n.op_type for n in m.graph.node].count("Transpose") == 1 and len(m.graph.node) == len(before)
+
+
+def test_embedding_then_lstm_transposes_the_token_ids():
+    """Inference and training graphs of Embedding -> LSTM move [batch, T] ids, not [batch, T, dim]
+    embeddings, into time-major order; the values are those of the lookup (the LSTM's own
+    tests check it against NumPy)."""
+    from kdsl.layers import LSTM
+
+    x = kdsl.Input((7,), dtype="int64")
+    m = kdsl.Model(x, Dense(1)(LSTM(4)(Embedding(20, 6)(x))))
+    onnx_model = m.to_onnx()
+    transposes = [n for n in onnx_model.graph.node if n.op_type == "Transpose"]
+    assert len(transposes) == 1 and transposes[0].input[0] == onnx_model.graph.input[0].name
+    ids = RNG.integers(0, 20, size=(3, 7))
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert_close(sess.run(None, {onnx_model.graph.input[0].name: ids})[0], m.predict(ids, verbose=0))
+    from kdsl.losses import get as get_loss
+    from kdsl.lower.training import TrainSetup, build_training
+    from kdsl.optimizers import SGD
+
+    out = m.output_names[0]
+    prog = build_training(m, TrainSetup({out: get_loss("mse")}, {}, {out: []}, SGD(0.1)))
+    for graph in (prog.train.graph, prog.eval.graph):
+        gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0].startswith("embedding")]
+        assert len(gathers) == 1 and gathers[0].name.endswith("embedding/Gather")
+        producer = {o: n for n in graph.node for o in n.output}
+        assert producer[gathers[0].input[1]].op_type == "Transpose"
+        assert not any(n.op_type == "Transpose" and producer.get(n.input[0]) is gathers[0] for n in graph.node)

@@ -291,6 +291,23 @@ def test_gather_op(idx_dtype, idx_shape):
     op_check(lambda e, t, i: e.op("Gather", [t, i], axis=0), {"t": f32(5, 3), "i": idx}, wrt=["t"])
 
 
+@pytest.mark.parametrize("xs,bs,gemv", [
+    ((3, 2, 4), (4,), True),           # a bias over [T, batch, units]: ones @ g
+    ((3, 2, 4), (1, 4), True),
+    ((3, 2, 4), (1, 1, 4), True),
+    ((2, 3, 2, 4), (2, 4), True),      # leading axes [2, 3] summed, the rest kept
+    ((3, 4), (4,), False),             # one leading axis: ReduceSum
+    ((3, 2, 4), (2, 1), False),        # a broadcast axis inside: ReduceSum
+    ((3, 2, 4), (3, 1, 4), False),
+])
+def test_add_bias_gradient_over_leading_axes(xs, bs, gemv):
+    """The gradient of a broadcast Add sums the leading axes with a GEMV where it can; the values
+    are those of the finite differences either way."""
+    m = op_check(lambda e, x, b: e.op("Add", [x, b]), {"x": f32(*xs), "b": f32(*bs)})
+    ops = [n.op_type for n in m.graph.node if n.name.startswith("grad/")]
+    assert ("MatMul" in ops) == gemv and ("ReduceSum" in ops) != gemv, ops
+
+
 # -- normalization (op level) ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prepare", [False, True])
 @pytest.mark.parametrize("shape,axis", [((3, 4), -1), ((2, 3, 4), -1), ((2, 3, 4), 1)])
