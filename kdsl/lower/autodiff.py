@@ -47,6 +47,9 @@ class GradContext:
 
     def __init__(self, e: Emitter, shapes: dict[str, tuple], dtypes: dict[str, int]):
         self.e = e
+        #: gradient name -> the Relu output it is already masked for (its rule then passes it on)
+        self.masked_for: dict[str, str] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}
         self._shapes = shapes
         self._dtypes = dtypes
 
@@ -146,6 +149,7 @@ def backprop(e: Emitter, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Iterab
     active = depends_on_wrt & reaches_loss
     g = GradContext(e, shapes, dtypes or {})
     g.active = active          # rules may skip gradients of inputs nothing needs
+    g.producer = producer      # rules may look at how their input was made
     grads: dict[str, list[str]] = {loss: [seed or e.scalar(1.0)]}
     for n in reversed(list(nodes)):
         if not any(o in active for o in n.output):
@@ -396,6 +400,8 @@ def _where_positive(g, x, a, b):
 
 @register("Relu")
 def _relu(g, n, gy):
+    if g.masked_for.get(gy[0]) == n.output[0]:
+        return [gy[0]]          # already zero wherever the output is (see the MaxPool rule)
     # Mul by a cast mask: about 5x faster in onnxruntime on the CPU than Where(cond, gy, 0)
     e = g.e
     mask = e.op("Cast", [e.op("Greater", [n.output[0], e.scalar(0.0)])],

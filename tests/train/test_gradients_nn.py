@@ -251,6 +251,32 @@ def test_max_pool_op(shape, attrs, prepare):
     assert ("MaxUnpool" in ops) == disjoint and ("ScatterElements" in ops) == (not disjoint)
 
 
+@pytest.mark.parametrize("also_used", [False, True])
+@pytest.mark.parametrize("shape,attrs", POOL_CASES)
+def test_relu_then_max_pool(shape, attrs, also_used):
+    """Relu -> MaxPool: the Relu's mask is applied to the pooled gradient (the argmax cell is
+    positive iff the pooled value is), and the Relu rule passes the result on; with the Relu's
+    output pooled twice, its gradient is a sum and its own mask applies. Half the cells are negative (many windows
+    pool 0 with ties at 0)."""
+    disjoint = all(s >= k for s, k in zip(attrs["strides"], attrs["kernel_shape"]))
+    x = f32(*shape, spread=True)
+    x = x - np.median(x)
+    if not disjoint:
+        x = x.astype(np.float64)
+
+    def build(e, x):
+        r = e.op("Relu", [x])
+        p = e.op("MaxPool", [r], **attrs)
+        return e.op("Add", [p, e.op("MaxPool", [r], **attrs)]) if also_used else p
+
+    m = op_check(build, {"x": x}, h=0.02 if disjoint else 1e-3, rtol=2e-3 if disjoint else None, prune=True)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    relu_out = next(n.output[0] for n in m.graph.node if n.op_type == "Relu")
+    full_masks = [n for n in m.graph.node if n.op_type == "Greater" and n.input[0] == relu_out]
+    pooled_masks = [n for n in m.graph.node if n.op_type == "Greater" and producer[n.input[0]].op_type == "MaxPool"]
+    assert (len(full_masks), len(pooled_masks)) == ((1, 2) if also_used else (0, 1))
+
+
 @pytest.mark.parametrize("include_pad", [0, 1])
 @pytest.mark.parametrize("shape,attrs", POOL_CASES)
 def test_average_pool_op(shape, attrs, include_pad):
