@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
 
 from ..errors import KdslError
 from ..ir import DTYPES, TensorType
@@ -199,6 +200,16 @@ class Trainer:
             spare = {name: self._ort.OrtValue.ortvalue_from_shape_and_type(
                 initial[name].shape, initial[name].dtype, self.device, 0) for name in updated}
             first, second = dict(self.state), {**self.state, **spare}
+            # loss and metric sums of static shape go to buffers of ours too: io.get_outputs()
+            # wraps every output, state included, at each step
+            types = {o.name: o.type.tensor_type.elem_type for o in self.program.train.graph.output}
+            self._fixed_outputs = {}
+            for o in self.train_sess.get_outputs():
+                if not o.name.endswith(":new") and all(isinstance(d, int) for d in o.shape):
+                    self._fixed_outputs[o.name] = self._ort.OrtValue.ortvalue_from_shape_and_type(
+                        o.shape, onnx.helper.tensor_dtype_to_np_dtype(types[o.name]), "cpu", 0)
+            self._other_outputs = [(k, o) for k, o in enumerate(self.train_outputs)
+                                   if not o.endswith(":new") and o not in self._fixed_outputs]
             bindings = []
             for src, dst in ((first, second), (second, first)):
                 io = self.train_sess.io_binding()
@@ -207,6 +218,8 @@ class Trainer:
                 for o in self.train_outputs:
                     if o.endswith(":new"):
                         io.bind_ortvalue_output(o, dst[o[:-4]])
+                    elif o in self._fixed_outputs:
+                        io.bind_ortvalue_output(o, self._fixed_outputs[o])
                     else:
                         io.bind_output(o, "cpu")
                 bindings.append((io, {n: dst[n] for n in updated}))
@@ -224,8 +237,11 @@ class Trainer:
         del kept
         self._turn ^= 1
         self.state.update(written)
-        results = {name: value.numpy() for name, value in zip(self.train_outputs, io.get_outputs())
-                   if not name.endswith(":new")}
+        # copies: .numpy() of a CPU OrtValue is a view of its buffer, which the next step rewrites
+        results = {name: value.numpy().copy() for name, value in self._fixed_outputs.items()}
+        if self._other_outputs:
+            outs = io.get_outputs()
+            results.update((name, outs[k].numpy()) for k, name in self._other_outputs)
         self.last_loss = float(results["loss"])
         return results
 

@@ -53,6 +53,22 @@ def test_training_never_writes_into_arrays_it_was_given():
     assert not np.allclose(m.get_weights()[0], kept[0])      # it did train
 
 
+def test_step_results_are_copies_of_the_output_buffers():
+    """A step's loss and metric sums go to buffers the trainer reuses: what a step returns keeps
+    its values after the next steps."""
+    m = mlp()
+    m.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    m.fit(X, Y, batch_size=16, epochs=1, verbose=0)
+    tr = m._trainer
+    data = tr.prepare(X, Y)
+    first = tr.train_batch(data, 0, 16, None, 0.1, 100)
+    kept = {k: np.copy(v) for k, v in first.items()}
+    later = [tr.train_batch(data, 16 * i, 16 * (i + 1), None, 0.1, 100 + i) for i in range(1, 4)]
+    for k in kept:
+        np.testing.assert_array_equal(first[k], kept[k])
+    assert len({float(r["loss"]) for r in [first] + later}) == 4    # the steps did differ
+
+
 def test_history_validation_and_last_partial_batch():
     m = mlp()
     m.compile(optimizer="adam", loss="mse", metrics=["mae"])
