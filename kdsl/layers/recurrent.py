@@ -103,7 +103,7 @@ def _unit_forget_initializer(base: str) -> str:
 class _Run:
     """One direction's results, emitted on first use (so unused ones leave no nodes).
 
-    Unrolled form: ``steps`` holds each step's ``[1, batch, units]`` output in processing order.
+    Unrolled form: ``steps`` holds each step's ``[batch, units]`` output in processing order.
     Fused form: ``y()`` is the ``[batch, T, units]`` output in input-time order.
     """
 
@@ -286,8 +286,8 @@ class _Recurrent(Layer):
         e = ctx.e
         if run.steps is not None:
             steps = run.steps[::-1] if flip else run.steps
-            seq = e.op("Concat", steps, axis=0) if len(steps) > 1 else steps[0]
-            return e.transpose(seq, [1, 0, 2])
+            seq = e.op("Concat", steps, axis=1) if len(steps) > 1 else steps[0]     # [b, T * u]
+            return e.reshape(seq, [-1, len(steps), self.units])
         # fused: run.y is in input-time order; Keras's order is reversed for go_backwards
         if self.go_backwards != flip:
             return e.op("Slice", [run.y(), e.ints([-1]), e.ints([_INT64_MIN]), e.ints([1]), e.ints([-1])])
@@ -346,13 +346,14 @@ class _Recurrent(Layer):
         if training_dropout and self.recurrent_dropout > 0:
             rec_mask = self._dropout_mask(ctx, x, u, self.recurrent_dropout, "recurrent_dropout")
         aux = {"rt": rt}
-        per_step_inputs = self._project(ctx, xp, bias, aux)
-        split = [e.op("Split", [t, e.ints([1] * steps_n)], n_out=steps_n, axis=0) if steps_n > 1 else [t]
-                 for t in per_step_inputs]
+        # the steps work on [b, .] matrices, so that h @ recurrent_kernel + x_t is one Gemm
+        per_step_inputs = [e.reshape(t, [-1, int(self._project_width(i))])
+                           for i, t in enumerate(self._project(ctx, xp, bias, aux))]
+        split = [e.split_equal(t, steps_n, axis=0) for t in per_step_inputs]
         masks = None
         if mask is not None:
-            m = e.unsqueeze(e.transpose(mask, [1, 0]), [2])              # [T, b, 1]
-            masks = e.op("Split", [m, e.ints([1] * steps_n)], n_out=steps_n, axis=0) if steps_n > 1 else [m]
+            m = e.reshape(e.transpose(mask, [1, 0]), [-1, 1])            # [T * b, 1]
+            masks = e.split_equal(m, steps_n, axis=0)
         zero = e.scalar(0.0) if masks is not None else None
         order = range(steps_n - 1, -1, -1) if self.go_backwards else range(steps_n)
         state: list[str] | None = None
@@ -378,12 +379,16 @@ class _Recurrent(Layer):
         if tape is not None and len(e.nodes) > first:
             tape.first_node, tape.last_node = e.nodes[first].output[0], e.nodes[-1].output[0]
             ctx.lstm_tapes.append(tape)
-        return _Run(self, lambda: [e.squeeze(s, [0]) for s in state], steps=outs)
+        return _Run(self, lambda: list(state), steps=outs)
 
     def _tape(self, ctx, aux: dict, plain: bool):
         """A record of the steps for the fused backward pass (kdsl.lower.autodiff_rnn), for
         training LSTMs with sigmoid gates and tanh activations and no recurrent dropout."""
         return None
+
+    def _project_width(self, i: int) -> int:
+        """The last axis of ``_project``'s ``i``-th tensor."""
+        return self.gates * self.units
 
     def _project(self, ctx, xp: str, bias: str | None, aux: dict) -> list[str]:
         """Add the input bias to the projection ``[T, b, G*u]``; returns the tensors to split per
@@ -393,8 +398,8 @@ class _Recurrent(Layer):
         return [xp]
 
     def _step(self, ctx, xs: list[str], state: list[str] | None, aux: dict, rec_mask: str | None) -> list[str]:
-        """One step: ``xs`` this step's projected inputs ``[1, b, .]``, ``state`` the previous
-        states (None: zeros, the first step). Returns the new states, h first."""
+        """One step: ``xs`` this step's projected inputs ``[b, .]``, ``state`` the previous
+        states ``[b, units]`` (None: zeros, the first step). Returns the new states, h first."""
         raise NotImplementedError
 
     def _rec_input(self, ctx, h: str, rec_mask: str | None) -> str:
@@ -539,7 +544,7 @@ class SimpleRNN(_Recurrent):
         e = ctx.e
         z = xs[0]
         if state is not None:
-            z = e.op("Add", [z, e.op("MatMul", [self._rec_input(ctx, state[0], rec_mask), aux["rt"]])])
+            z = e.op("Gemm", [self._rec_input(ctx, state[0], rec_mask), aux["rt"], z])
         return [self._act(ctx, self.activation, z)]
 
 
@@ -590,7 +595,7 @@ class LSTM(_Recurrent):
         u = self.units
         z = xs[0]
         if state is not None:
-            z = e.op("Add", [z, e.op("MatMul", [self._rec_input(ctx, state[0], rec_mask), aux["rt"]])])
+            z = e.op("Gemm", [self._rec_input(ctx, state[0], rec_mask), aux["rt"], z])
         ziof, zc = e.op("Split", [z, e.ints([3 * u, u])], n_out=2, axis=-1)
         sig = self._act(ctx, self.recurrent_activation, ziof, 3)
         i, o, f = e.op("Split", [sig, e.ints([u, u, u])], n_out=3, axis=-1)
@@ -640,6 +645,9 @@ class GRU(_Recurrent):
 
     def _activation_names(self):
         return [self.recurrent_activation, self.activation]
+
+    def _project_width(self, i):
+        return 2 * self.units if i == 0 else self.units
 
     def _project(self, ctx, xp, bias, aux):
         # per step: x_zr [2u] and x_h [u]; the recurrent z/r biases fold into the input bias

@@ -7,13 +7,13 @@ gates, tanh activations, no recurrent dropout; masked or not) the layer records 
 of its steps, and :func:`fuse` replaces the steps' nodes, for backprop only, by one node whose
 rule (:func:`_lstm_rule`) emits:
 
-* in bulk over all steps (a few ops on ``[T, batch, units]`` tensors): the local derivatives
+* in bulk over all steps (a few ops on ``[T * batch, units]`` tensors): the local derivatives
   ``A_t`` (how each gate's pre-activation moves the cell, or h for the output gate) and
   ``K_t = o_t * (1 - tanh(c_t)^2)``;
 * per step, in reverse: ``dc = dc_next * f_{t+1} + dh * K_t``,
   ``dz = [dc, dh, dc, dc] * A_t`` (ONNX gate order i, o, f, c) and ``dh_prev = dz @ R^T``:
   six small ops and one small GEMM;
-* the gradient of the projected inputs ``[T, batch, 4u]`` as one ``Concat`` of the steps' ``dz``
+* the gradient of the projected inputs ``[T * batch, 4u]`` as one ``Concat`` of the steps' ``dz``
   (the node also stands for the ``Split`` that fed the steps), and the recurrent kernel's
   gradient as one GEMM over all steps (``H_prev^T @ dZ``).
 
@@ -49,9 +49,9 @@ OP_TYPE = "KdslUnrolledLSTM"   # only ever seen by backprop; never written to a 
 
 @dataclass
 class LSTMStep:
-    """One step's values (each ``[1, b, .]``): its projected input ``x`` (an output of the
+    """One step's values (each ``[b, .]``): its projected input ``x`` (an output of the
     projection's ``Split``), the gates ``i``, ``o``, ``f`` (sigmoid), ``g = tanh(z_c)``, the new
-    cell ``c``, ``tc = tanh(c)`` and the new ``h``. With a mask: ``m`` (bool ``[1, b, 1]``), the
+    cell ``c``, ``tc = tanh(c)`` and the new ``h``. With a mask: ``m`` (bool ``[b, 1]``), the
     states ``hs``, ``cs`` after the step and its output ``out`` (``hs``, or the new h with
     masked rows zeroed); without, these are ``h``, ``c`` and ``h``."""
     x: str
@@ -74,7 +74,7 @@ class LSTMStep:
 @dataclass
 class LSTMTape:
     """The steps of one unrolled LSTM, in processing order, the node range they span, and the
-    projection ``xp`` ``[T, b, 4u]`` whose ``Split`` gave the steps' inputs ``xs`` (in time order)."""
+    projection ``xp`` ``[T * b, 4u]`` whose ``Split`` gave the steps' inputs ``xs`` (in time order)."""
     units: int
     rt: str                                   # the recurrent kernel as [u, 4u]
     first_node: str = ""                      # output name of the group's first node
@@ -132,7 +132,7 @@ def _stack(e: Emitter, names: list[str]) -> str:
 
 
 def _unstack(e: Emitter, x: str, n: int) -> list[str]:
-    return [x] if n == 1 else e.op("Split", [x, e.ints([1] * n)], n_out=n, axis=0)
+    return e.split_equal(x, n, axis=0)
 
 
 @register(OP_TYPE)
@@ -140,12 +140,12 @@ def _lstm_rule(g: GradContext, n, gy):
     tape = _TAPES[n.name]
     e = g.e
     steps, T, u = tape.steps, len(tape.steps), tape.units
-    one = e.const(np.ones((1, 1, 1), np.float32), hint="one")
+    one = e.const(np.ones((1, 1), np.float32), hint="one")
     masked = steps[0].m is not None
     zero_output = steps[-1].out != steps[-1].hs       # outputs Where(m, h_new, 0), apart from the states
     gy_out, gy_c = list(gy[:T]), gy[-1]
     gy_hs_last = gy[T] if zero_output else None
-    zero = e.op("Mul", [steps[0].cs, e.const(np.zeros((1, 1, 1), np.float32), hint="zero")])   # [1, b, u]
+    zero = e.op("Mul", [steps[0].cs, e.const(np.zeros((1, 1), np.float32), hint="zero")])   # [b, u]
 
     def bulk(name):
         return _stack(e, [getattr(s, name) for s in steps])
@@ -153,7 +153,7 @@ def _lstm_rule(g: GradContext, n, gy):
     def dsig(s):   # s * (1 - s)
         return e.op("Mul", [s, e.op("Sub", [one, s])])
 
-    # local derivatives of all steps at once ([T, b, u] each), then one piece per step
+    # local derivatives of all steps at once ([T * b, u] each), then one piece per step
     i, o, f, gg, tc = (bulk(k) for k in ("i", "o", "f", "g", "tc"))
     c_prev = _stack(e, [zero] + [s.cs for s in steps[:-1]])           # c_{t-1}, zeros before the first
     a_i = e.op("Mul", [gg, dsig(i)])
@@ -191,8 +191,8 @@ def _lstm_rule(g: GradContext, n, gy):
             continue
         if dh is None:
             dh = zero
-        a_t = e.op("Concat", [a[t] for a in a_parts], axis=2)
-        dz[t] = e.op("Mul", [e.op("Concat", [dc, dh, dc, dc], axis=2), a_t])
+        a_t = e.op("Concat", [a[t] for a in a_parts], axis=-1)
+        dz[t] = e.op("Mul", [e.op("Concat", [dc, dh, dc, dc], axis=-1), a_t])
         if t > 0:
             dh_rec = total([e.op("MatMul", [dz[t], r_t]), pass_h])
             dc_next = total([e.op("Mul", [dc, steps[t].f]), pass_c])
@@ -207,12 +207,12 @@ def _lstm_rule(g: GradContext, n, gy):
     for x in tape.xs:
         t = at[x]
         if dz[t] is None:
-            zero4 = zero4 or e.op("Concat", [zero] * 4, axis=2)
+            zero4 = zero4 or e.op("Concat", [zero] * 4, axis=-1)
         pieces.append(dz[t] if dz[t] is not None else zero4)
         h_prev.append(steps[t - 1].hs if t > 0 else zero)
-    d_xp = _stack(e, pieces)                                          # [T, b, 4u]
+    d_xp = _stack(e, pieces)                                          # [T * b, 4u]
     d_rt = None
     if T > 1 and tape.rt in getattr(g, "active", {tape.rt}):
         hp = e.reshape(_stack(e, h_prev), [-1, u])
-        d_rt = e.op("MatMul", [e.transpose(hp, [1, 0]), e.reshape(d_xp, [-1, 4 * u])])   # [u, 4u]
+        d_rt = e.op("MatMul", [e.transpose(hp, [1, 0]), d_xp])       # [u, 4u]
     return [d_xp, d_rt] + ([None] * T if masked else [])

@@ -129,6 +129,14 @@ class Emitter:
             return self.op(op_type, [x, self.ints(axes)], keepdims=int(keepdims))
         return self.op(op_type, [x], axes=list(axes), keepdims=int(keepdims))
 
+    def split_equal(self, x: str, n: int, axis: int = 0) -> list[str]:
+        """``x`` split into ``n`` equal parts along ``axis`` (whose size need not be known):
+        ``Split`` without sizes, ``num_outputs`` from opset 18."""
+        if n == 1:
+            return [x]
+        attrs = {"num_outputs": n} if self.opset >= 18 else {}
+        return self.op("Split", [x], n_out=n, axis=axis, **attrs)
+
     def transpose(self, x: str, perm: Sequence[int]) -> str:
         return self.op("Transpose", [x], perm=list(perm))
 
