@@ -50,6 +50,7 @@ class GradContext:
         #: gradient name -> the Relu output it is already masked for (its rule then passes it on)
         self.masked_for: dict[str, str] = {}
         self.producer: dict[str, onnx.NodeProto] = {}
+        self.records: dict = {}
         self._shapes = shapes
         self._dtypes = dtypes
 
@@ -120,8 +121,11 @@ def _accumulate(e: Emitter, parts: list[str]) -> str:
 
 def backprop(e: Emitter, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Iterable[str],
              shapes: dict[str, tuple], dtypes: dict[str, int] | None = None,
-             seed: str | None = None) -> dict[str, str | None]:
+             seed: str | None = None, records: dict | None = None) -> dict[str, str | None]:
     """Emit the gradients of scalar ``loss`` with respect to each name in ``wrt``.
+
+    ``records``: what rules for nodes that stand for several forward nodes need, by node name
+    (the fused LSTM's tapes, see :mod:`kdsl.lower.autodiff_rnn`).
 
     Only nodes on a path from ``wrt`` to ``loss`` are differentiated. Returns
     ``{name: gradient name or None}`` (``None``: the loss does not depend on it).
@@ -150,6 +154,7 @@ def backprop(e: Emitter, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Iterab
     g = GradContext(e, shapes, dtypes or {})
     g.active = active          # rules may skip gradients of inputs nothing needs
     g.producer = producer      # rules may look at how their input was made
+    g.records = records or {}
     grads: dict[str, list[str]] = {loss: [seed or e.scalar(1.0)]}
     for n in reversed(list(nodes)):
         if not any(o in active for o in n.output):

@@ -85,16 +85,15 @@ class LSTMTape:
     xs: list[str] = field(default_factory=list)
 
 
-_TAPES: dict[str, LSTMTape] = {}
-
-
 def fuse(nodes: Sequence[onnx.NodeProto], tapes: Sequence[LSTMTape],
-         initializers: Iterable[str] = ()) -> list[onnx.NodeProto]:
+         initializers: Iterable[str] = ()) -> tuple[list[onnx.NodeProto], dict[str, LSTMTape]]:
     """``nodes`` with each tape's contiguous run of step nodes, and the ``Split`` of the
     projection that feeds them, replaced by one node of ``OP_TYPE`` (inputs: the projection, the
     recurrent kernel and the masks; outputs: every step's output, the last h if that differs,
-    and the last cell), for :func:`kdsl.lower.autodiff.backprop`."""
+    and the last cell), for :func:`kdsl.lower.autodiff.backprop`. Returns the nodes and the
+    tapes of the fused nodes by node name (backprop's ``records``)."""
     out = list(nodes)
+    fused: dict[str, LSTMTape] = {}
     constants = set(initializers) | {o for n in out if n.op_type == "Constant" for o in n.output}
     for tape in tapes:
         first = next((i for i, n in enumerate(out) if tape.first_node in n.output), None)
@@ -119,12 +118,12 @@ def fuse(nodes: Sequence[onnx.NodeProto], tapes: Sequence[LSTMTape],
             continue
         if split is not None and any(i in tape.xs for n in out[:first] + out[last + 1:] for i in n.input):
             continue
-        _TAPES[tape.name] = tape
+        fused[tape.name] = tape
         node = helper.make_node(OP_TYPE, [tape.xp, tape.rt] + masks, outputs, name=tape.name)
         out[first:last + 1] = [node]
         if split is not None:
             del out[split]
-    return out
+    return out, fused
 
 
 def _stack(e: Emitter, names: list[str]) -> str:
@@ -137,7 +136,7 @@ def _unstack(e: Emitter, x: str, n: int) -> list[str]:
 
 @register(OP_TYPE)
 def _lstm_rule(g: GradContext, n, gy):
-    tape = _TAPES[n.name]
+    tape = g.records[n.name]
     e = g.e
     steps, T, u = tape.steps, len(tape.steps), tape.units
     one = e.const(np.ones((1, 1), np.float32), hint="one")

@@ -218,8 +218,9 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
         prepare_forward(e.nodes, e)
         shapes, dtypes = _infer(e, inputs + [lr_vi, step_vi] + state_inputs, opset, ["loss"])
         with e.scope("grad"):
-            nodes = fuse_lstm(e.nodes, ctx.lstm_tapes, e.initializers) if FUSED_LSTM_BACKWARD else list(e.nodes)
-            grads = backprop(e, nodes, "loss", trainable, shapes, dtypes)
+            nodes, records = fuse_lstm(e.nodes, ctx.lstm_tapes, e.initializers) if FUSED_LSTM_BACKWARD \
+                else (list(e.nodes), {})
+            grads = backprop(e, nodes, "loss", trainable, shapes, dtypes, records=records)
         if gradients_only:   # for gradient checks: loss and grad:<weight>, no optimizer
             for wname in trainable:
                 if grads[wname] is not None:
