@@ -1,4 +1,4 @@
-"""A backward pass written for the unrolled LSTM, used in place of op-by-op differentiation.
+"""Backward passes written for the unrolled LSTM and GRU, used in place of op-by-op differentiation.
 
 The unrolled LSTM (see :mod:`kdsl.layers.recurrent`) emits about a dozen small ops per time
 step; differentiating them op by op gives about two dozen more per step, each a separate
@@ -27,13 +27,21 @@ With a mask, a step's states are ``Where(m_t, new, old)`` (and its output, in a 
 ``Where(m_t, h_new, 0)``): the gradient of a state splits into ``m_t * g`` for the step's new
 values and ``(1 - m_t) * g`` passed straight to the previous state.
 
-The forward graph is unchanged; the gradient of the hoisted input projection flows on to the
-``MatMul`` and bias ``Add`` before the ``Split``, whose own rules do the rest.
+The GRU (``reset_after=True``, Keras's default; sigmoid gates, tanh candidate, no recurrent
+dropout) gets the same treatment: with ``h = hh + z * (h_prev - hh)``, ``hh = tanh(x_h + r * rec)``
+(``rec = h_prev @ R_h + b_rh``), the local derivatives ``A1 = (h_prev - hh) z (1 - z)``,
+``A2 = (1 - z)(1 - hh^2)``, ``A4 = A2 r`` and ``A3 = A4 rec (1 - r)`` are computed in bulk; per
+step, ``q = [g, g, g] * [A1, A3, A4]_t`` (the gradient of ``h_prev @ R``) and
+``dh_prev = q @ R^T + g * z_t``; the projections', ``R``'s and ``b_rh``'s gradients are bulk
+products of the stacked ``g``.
+
+The forward graph is unchanged; the gradients of the hoisted input projections flow on to the
+``MatMul`` and bias ``Add`` before their ``Split``, whose own rules do the rest.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -42,9 +50,7 @@ from onnx import helper
 from .autodiff import GradContext, register
 from .emitter import Emitter
 
-__all__ = ["LSTMTape", "fuse"]
-
-OP_TYPE = "KdslUnrolledLSTM"   # only ever seen by backprop; never written to a graph
+__all__ = ["LSTMTape", "GRUTape", "fuse"]
 
 
 @dataclass
@@ -72,57 +78,104 @@ class LSTMStep:
 
 
 @dataclass
-class LSTMTape:
-    """The steps of one unrolled LSTM, in processing order, the node range they span, and the
-    projection ``xp`` ``[T * b, 4u]`` whose ``Split`` gave the steps' inputs ``xs`` (in time order)."""
+class GRUStep:
+    """One GRU step's values (each ``[b, .]``): its projected inputs ``xzr`` and ``xh`` (outputs
+    of the projections' ``Split``s), the gates ``z``, ``r``, the candidate ``hh``, ``rec`` (what
+    ``r`` multiplies: ``h_prev @ R_h + b_rh``; at the first step ``b_rh`` alone ``[1, u]``, or
+    None without a bias) and the new ``h``; with a mask ``m``, the state ``hs`` after the step and
+    the output ``out``, as for :class:`LSTMStep`."""
+    xzr: str
+    xh: str
+    z: str
+    r: str
+    hh: str
+    rec: str | None
+    h: str
+    m: str | None = None
+    hs: str = ""
+    out: str = ""
+
+    def __post_init__(self):
+        self.hs, self.out = self.hs or self.h, self.out or self.h
+
+
+@dataclass
+class _Tape:
+    """The steps of one unrolled layer, in processing order, the node range they span, and the
+    projections ``(xp [T * b, .], xs)`` whose ``Split`` gave the steps' inputs ``xs`` (in time
+    order)."""
     units: int
-    rt: str                                   # the recurrent kernel as [u, 4u]
+    rt: str                                   # the recurrent kernel as [u, G*u]
     first_node: str = ""                      # output name of the group's first node
     last_node: str = ""                       # output name of the group's last node
-    steps: list[LSTMStep] = field(default_factory=list)
+    steps: list = field(default_factory=list)
     name: str = ""
-    xp: str = ""
-    xs: list[str] = field(default_factory=list)
+    projections: list[tuple[str, list[str]]] = field(default_factory=list)
+    #: the fused node's op type: only ever seen by backprop, never written to a graph
+    op_type: ClassVar[str] = ""
+
+    def extra_inputs(self) -> list[str]:
+        """Values besides the projections, the recurrent kernel and the masks the steps read."""
+        return []
+
+    def outputs(self) -> list[str]:
+        last = self.steps[-1]
+        return [s.out for s in self.steps] + ([last.hs] if last.hs != last.out else [])
 
 
-def fuse(nodes: Sequence[onnx.NodeProto], tapes: Sequence[LSTMTape],
-         initializers: Iterable[str] = ()) -> tuple[list[onnx.NodeProto], dict[str, LSTMTape]]:
-    """``nodes`` with each tape's contiguous run of step nodes, and the ``Split`` of the
-    projection that feeds them, replaced by one node of ``OP_TYPE`` (inputs: the projection, the
-    recurrent kernel and the masks; outputs: every step's output, the last h if that differs,
-    and the last cell), for :func:`kdsl.lower.autodiff.backprop`. Returns the nodes and the
-    tapes of the fused nodes by node name (backprop's ``records``)."""
+@dataclass
+class LSTMTape(_Tape):
+    op_type: ClassVar[str] = "KdslUnrolledLSTM"
+
+    def outputs(self) -> list[str]:
+        return super().outputs() + [self.steps[-1].cs]
+
+
+@dataclass
+class GRUTape(_Tape):
+    rb: str | None = None                     # b_rh [1, u], read by every step
+    op_type: ClassVar[str] = "KdslUnrolledGRU"
+
+    def extra_inputs(self) -> list[str]:
+        return [self.rb] if self.rb else []
+
+
+def fuse(nodes: Sequence[onnx.NodeProto], tapes: Sequence[_Tape],
+         initializers: Iterable[str] = ()) -> tuple[list[onnx.NodeProto], dict[str, _Tape]]:
+    """``nodes`` with each tape's contiguous run of step nodes, and the ``Split``s of the
+    projections that feed them, replaced by one node of the tape's ``op_type`` (inputs: the
+    projections, the recurrent kernel, the tape's extra inputs and the masks; outputs: every
+    step's output, the last h if that differs, and the LSTM's last cell), for
+    :func:`kdsl.lower.autodiff.backprop`. Returns the nodes and the tapes of the fused nodes by
+    node name (backprop's ``records``)."""
     out = list(nodes)
-    fused: dict[str, LSTMTape] = {}
+    fused: dict[str, _Tape] = {}
     constants = set(initializers) | {o for n in out if n.op_type == "Constant" for o in n.output}
     for tape in tapes:
         first = next((i for i, n in enumerate(out) if tape.first_node in n.output), None)
         last = next((i for i, n in enumerate(out) if tape.last_node in n.output), None)
-        if first is None or last is None or last < first or not tape.xs:
+        if first is None or last is None or last < first or not tape.projections:
             continue                          # pruned or reordered: plain op-by-op rules apply
-        split = None
-        if tape.xs != [tape.xp]:
-            split = next((i for i, n in enumerate(out[:first]) if list(n.output) == tape.xs), None)
-            if split is None:
-                continue
+        splits = [None if xs == [xp] else next((i for i, n in enumerate(out[:first]) if list(n.output) == xs), -1)
+                  for xp, xs in tape.projections]
+        if -1 in splits:
+            continue
+        pieces = {x for _, xs in tape.projections for x in xs}
         inside = {o for n in out[first:last + 1] for o in n.output}
-        last_step = tape.steps[-1]
-        outputs = [s.out for s in tape.steps] + ([last_step.hs] if last_step.hs != last_step.out else []) \
-            + [last_step.cs]
         masks = [s.m for s in tape.steps if s.m is not None]
-        # every value the group reads from outside must be a declared input, and the projection's
+        # every value the group reads from outside must be a declared input, and the projections'
         # pieces must feed nothing else
         reads = {i for n in out[first:last + 1] for i in n.input if i and i not in inside}
-        declared = set(tape.xs) | {tape.rt} | set(masks) | constants
+        declared = pieces | {tape.rt} | set(tape.extra_inputs()) | set(masks) | constants
         if not reads <= declared or (masks and len(masks) != len(tape.steps)):
             continue
-        if split is not None and any(i in tape.xs for n in out[:first] + out[last + 1:] for i in n.input):
+        if any(i in pieces for n in out[:first] + out[last + 1:] for i in n.input):
             continue
         fused[tape.name] = tape
-        node = helper.make_node(OP_TYPE, [tape.xp, tape.rt] + masks, outputs, name=tape.name)
-        out[first:last + 1] = [node]
-        if split is not None:
-            del out[split]
+        inputs = [xp for xp, _ in tape.projections] + [tape.rt] + tape.extra_inputs() + masks
+        out[first:last + 1] = [helper.make_node(tape.op_type, inputs, tape.outputs(), name=tape.name)]
+        for k in sorted((k for k in splits if k is not None), reverse=True):
+            del out[k]
     return out, fused
 
 
@@ -134,7 +187,12 @@ def _unstack(e: Emitter, x: str, n: int) -> list[str]:
     return e.split_equal(x, n, axis=0)
 
 
-@register(OP_TYPE)
+def _total(e: Emitter, parts: list) -> str | None:
+    parts = [p for p in parts if p is not None]
+    return None if not parts else parts[0] if len(parts) == 1 else e.op("Sum", parts)
+
+
+@register(LSTMTape.op_type)
 def _lstm_rule(g: GradContext, n, gy):
     tape = g.records[n.name]
     e = g.e
@@ -165,8 +223,7 @@ def _lstm_rule(g: GradContext, n, gy):
     mf = _unstack(e, e.op("Cast", [bulk("m")], to=onnx.TensorProto.FLOAT), T) if masked else None
 
     def total(parts):
-        parts = [p for p in parts if p is not None]
-        return None if not parts else parts[0] if len(parts) == 1 else e.op("Sum", parts)
+        return _total(e, parts)
 
     dz: list[str | None] = [None] * T
     dh_rec = dc_next = None              # gradients of the states after step t - 1, from step t
@@ -203,7 +260,7 @@ def _lstm_rule(g: GradContext, n, gy):
     at = {s.x: t for t, s in enumerate(steps)}
     zero4 = None
     pieces, h_prev = [], []
-    for x in tape.xs:
+    for x in tape.projections[0][1]:
         t = at[x]
         if dz[t] is None:
             zero4 = zero4 or e.op("Concat", [zero] * 4, axis=-1)
@@ -215,3 +272,76 @@ def _lstm_rule(g: GradContext, n, gy):
         hp = e.reshape(_stack(e, h_prev), [-1, u])
         d_rt = e.op("MatMul", [e.transpose(hp, [1, 0]), d_xp])       # [u, 4u]
     return [d_xp, d_rt] + ([None] * T if masked else [])
+
+
+@register(GRUTape.op_type)
+def _gru_rule(g: GradContext, n, gy):
+    tape = g.records[n.name]
+    e = g.e
+    steps, T, u = tape.steps, len(tape.steps), tape.units
+    one = e.const(np.ones((1, 1), np.float32), hint="one")
+    masked = steps[0].m is not None
+    zero_output = steps[-1].out != steps[-1].hs
+    gy_out = list(gy[:T])
+    gy_hs_last = gy[T] if zero_output else None
+    zero = e.op("Mul", [steps[0].hs, e.const(np.zeros((1, 1), np.float32), hint="zero")])   # [b, u]
+
+    # bulk values in time order (the order of the projections' pieces); pos[t]: the time index
+    # of processing step t
+    at = {s.xzr: t for t, s in enumerate(steps)}
+    order = [at[x] for x in tape.projections[0][1]]
+    pos = {t: j for j, t in enumerate(order)}
+
+    def rec_of(t):
+        r = steps[t].rec
+        return zero if r is None else e.op("Add", [zero, r]) if t == 0 else r
+
+    z = _stack(e, [steps[t].z for t in order])
+    r = _stack(e, [steps[t].r for t in order])
+    hh = _stack(e, [steps[t].hh for t in order])
+    rec = _stack(e, [rec_of(t) for t in order])
+    h_prev = _stack(e, [steps[t - 1].hs if t > 0 else zero for t in order])
+    omz = e.op("Sub", [one, z])
+    a1 = e.op("Mul", [e.op("Sub", [h_prev, hh]), e.op("Mul", [z, omz])])
+    a2 = e.op("Mul", [omz, e.op("Sub", [one, e.op("Mul", [hh, hh])])])
+    a4 = e.op("Mul", [a2, r])
+    a3 = e.op("Mul", [e.op("Mul", [a4, rec]), e.op("Sub", [one, r])])
+    a_parts = [_unstack(e, a, T) for a in (a1, a3, a4)]
+    r_t = e.transpose(tape.rt, [1, 0])                               # [3u, u]
+    mf = None
+    if masked:
+        mf = _unstack(e, e.op("Cast", [_stack(e, [steps[t].m for t in order])], to=onnx.TensorProto.FLOAT), T)
+
+    gh: list[str | None] = [None] * T    # the gradient reaching each step's new h
+    dh_rec = None
+    for t in range(T - 1, -1, -1):
+        last, j = t == T - 1, pos[t]
+        g_hs = _total(e, [None if zero_output else gy_out[t], dh_rec, gy_hs_last if last else None])
+        pass_h = None
+        if masked:   # state = Where(m, new, old): m * g to the new h, (1 - m) * g to the old
+            new_h = e.op("Mul", [g_hs, mf[j]]) if g_hs is not None else None
+            dh = _total(e, [new_h, e.op("Mul", [gy_out[t], mf[j]]) if zero_output and gy_out[t] is not None else None])
+            if t > 0 and g_hs is not None:
+                pass_h = e.op("Sub", [g_hs, new_h])
+        else:
+            dh = g_hs
+        gh[t] = dh
+        if dh is None or t == 0:
+            dh_rec = pass_h
+            continue
+        q = e.op("Mul", [e.op("Concat", [dh, dh, dh], axis=-1), e.op("Concat", [a[j] for a in a_parts], axis=-1)])
+        dh_rec = _total(e, [e.op("Gemm", [q, r_t, e.op("Mul", [dh, steps[t].z])]), pass_h])
+    none = [None, None, None] + [None] * len(tape.extra_inputs()) + ([None] * T if masked else [])
+    if all(x is None for x in gh):
+        return none
+    gs = _stack(e, [gh[t] if gh[t] is not None else zero for t in order])   # [T * b, u], time order
+    p1, p3, p4 = (e.op("Mul", [gs, a]) for a in (a1, a3, a4))
+    d_xzr = e.op("Concat", [p1, p3], axis=-1)
+    d_xh = e.op("Mul", [gs, a2])
+    d_rt = None
+    if T > 1 and tape.rt in getattr(g, "active", {tape.rt}):
+        d_rt = e.op("MatMul", [e.transpose(h_prev, [1, 0]), e.op("Concat", [p1, p3, p4], axis=-1)])   # [u, 3u]
+    grads = [d_xzr, d_xh, d_rt]
+    if tape.rb:
+        grads.append(e.reduce("ReduceSum", p4, [0], keepdims=True))                    # [1, u]
+    return grads + ([None] * T if masked else [])

@@ -28,7 +28,7 @@ from ..errors import KdslError
 from ..ir import BATCH, TensorType
 from .autodiff_nn import prepare_forward, prune_dead_nodes   # also registers the conv/pool/norm rules
 from .autodiff import backprop
-from .autodiff_rnn import fuse as fuse_lstm
+from .autodiff_rnn import fuse as fuse_recurrent
 from .rewrite import transpose_gather_indices
 from .context import CL, LowerContext
 from .emitter import ONNX_DTYPE, Emitter
@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainSetup", "TrainingProgram", "StateEntry", "build_training", "build_gradient_graph", "log_names"]
 
-#: the LSTM's own backward pass (autodiff_rnn); False differentiates its steps op by op (tests)
-FUSED_LSTM_BACKWARD = True
+#: the LSTM and GRU backward passes written for the cell (autodiff_rnn); False differentiates their
+#: steps op by op (tests)
+FUSED_RECURRENT_BACKWARD = True
 
 
 @dataclass
@@ -218,8 +219,8 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
         prepare_forward(e.nodes, e)
         shapes, dtypes = _infer(e, inputs + [lr_vi, step_vi] + state_inputs, opset, ["loss"])
         with e.scope("grad"):
-            nodes, records = fuse_lstm(e.nodes, ctx.lstm_tapes, e.initializers) if FUSED_LSTM_BACKWARD \
-                else (list(e.nodes), {})
+            nodes, records = (fuse_recurrent(e.nodes, ctx.recurrent_tapes, e.initializers)
+                              if FUSED_RECURRENT_BACKWARD else (list(e.nodes), {}))
             grads = backprop(e, nodes, "loss", trainable, shapes, dtypes, records=records)
         if gradients_only:   # for gradient checks: loss and grad:<weight>, no optimizer
             for wname in trainable:

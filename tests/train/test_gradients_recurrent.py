@@ -127,7 +127,7 @@ def _gradients(model, x, fused: bool, monkeypatch):
     from kdsl.train.losses import get_loss
     from kdsl.train.optimizers import SGD
 
-    monkeypatch.setattr(training, "FUSED_LSTM_BACKWARD", fused)
+    monkeypatch.setattr(training, "FUSED_RECURRENT_BACKWARD", fused)
     out = model.output_names[0]
     setup = TrainSetup({out: get_loss("mse")}, {}, {out: []}, SGD(0.1))
     proto, state = build_gradient_graph(model, setup)
@@ -144,10 +144,10 @@ def _gradients(model, x, fused: bool, monkeypatch):
     return dict(zip(names, sess.run(None, feeds))), len(proto.graph.node)
 
 
-def _lstm_models():
+def _rnn_models(cell):
     def single(**kw):
         x = kdsl.Input((6, F), name="x")
-        h = L.LSTM(4, **kw)(x)
+        h = cell(4, **kw)(x)
         if kw.get("return_state"):
             h = L.Concatenate()(h)
         elif kw.get("return_sequences"):
@@ -156,8 +156,8 @@ def _lstm_models():
 
     def stacked():
         x = kdsl.Input((6, F), name="x")
-        h = L.LSTM(4, return_sequences=True, dropout=0.3)(x)
-        h = L.Bidirectional(L.LSTM(3))(h)
+        h = cell(4, return_sequences=True, dropout=0.3)(x)
+        h = L.Bidirectional(cell(3))(h)
         return kdsl.Model(x, {"y": L.Dense(2)(h)}, seed=1)
 
     return {"last": single(), "sequences": single(return_sequences=True),
@@ -165,14 +165,19 @@ def _lstm_models():
             "states": single(return_state=True), "stacked_bidirectional_dropout": stacked()}
 
 
-@pytest.mark.parametrize("key", list(_lstm_models()))
-def test_fused_lstm_backward_equals_op_by_op(key, monkeypatch):
-    """The fused backward gives the op-by-op gradients (themselves checked against finite
-    differences above) with far fewer nodes; h, c, the sequence, both directions."""
-    m = _lstm_models()[key]
+CELLS = [L.LSTM, L.GRU]
+
+
+@pytest.mark.parametrize("key", list(_rnn_models(L.LSTM)))
+@pytest.mark.parametrize("cell", CELLS, ids=["LSTM", "GRU"])
+def test_fused_backward_equals_op_by_op(cell, key, monkeypatch):
+    """The LSTM's and GRU's fused backward passes give the op-by-op gradients (themselves checked
+    against finite differences above) with fewer nodes; h (and c), the sequence, both directions."""
+    m = _rnn_models(cell)[key]
     for layer in m.layers:
-        if isinstance(layer, L.LSTM):
-            _bias_nonzero(layer)
+        for inner in [layer] + [getattr(layer, k, None) for k in ("forward", "backward")]:
+            if isinstance(inner, cell):
+                _bias_nonzero(inner)
     x = RNG.normal(size=(B, 6, F))
     fused, n_fused = _gradients(m, x, True, monkeypatch)
     plain, n_plain = _gradients(m, x, False, monkeypatch)
@@ -182,20 +187,21 @@ def test_fused_lstm_backward_equals_op_by_op(key, monkeypatch):
     assert n_fused < n_plain, (n_fused, n_plain)     # per step far fewer: see the next test
 
 
-def test_fused_lstm_backward_has_far_fewer_nodes_per_step(monkeypatch):
+@pytest.mark.parametrize("cell,ratio", [(L.LSTM, 0.65), (L.GRU, 0.65)], ids=["LSTM", "GRU"])
+def test_fused_backward_has_far_fewer_nodes_per_step(cell, ratio, monkeypatch):
     """Nodes added by six more steps: the fused backward's per-step work (a few small ops and
     one GEMM) against the op-by-op rules of a dozen forward ops per step."""
     def nodes(steps, fused):
         x = kdsl.Input((steps, F), name="x")
-        m = kdsl.Model(x, {"y": L.Dense(2)(L.LSTM(4)(x))}, seed=1)
+        m = kdsl.Model(x, {"y": L.Dense(2)(cell(4)(x))}, seed=1)
         return _gradients(m, RNG.normal(size=(B, steps, F)), fused, monkeypatch)[1]
 
     per_step_fused = (nodes(12, True) - nodes(6, True)) / 6
     per_step_plain = (nodes(12, False) - nodes(6, False)) / 6
-    assert per_step_fused < 0.65 * per_step_plain, (per_step_fused, per_step_plain)
+    assert per_step_fused < ratio * per_step_plain, (per_step_fused, per_step_plain)
 
 
-def _masked_lstm_models():
+def _masked_rnn_models(cell):
     def build(layer, flat=False):
         ids = kdsl.Input((6,), dtype="int64", name="ids")
         h = L.Embedding(9, F, mask_zero=True)(ids)
@@ -206,18 +212,19 @@ def _masked_lstm_models():
             h = L.Flatten()(h)
         return kdsl.Model(ids, {"y": L.Dense(2)(h)}, seed=1)
 
-    return {"last": build(L.LSTM(4)), "sequences": build(L.LSTM(4, return_sequences=True), flat=True),
-            "backwards": build(L.LSTM(4, go_backwards=True, return_sequences=True), flat=True),
-            "states": build(L.LSTM(4, return_state=True)),
-            "bidirectional": build(L.Bidirectional(L.LSTM(3))),
-            "bidirectional_sequences": build(L.Bidirectional(L.LSTM(3, return_sequences=True)), flat=True)}
+    return {"last": build(cell(4)), "sequences": build(cell(4, return_sequences=True), flat=True),
+            "backwards": build(cell(4, go_backwards=True, return_sequences=True), flat=True),
+            "states": build(cell(4, return_state=True)),
+            "bidirectional": build(L.Bidirectional(cell(3))),
+            "bidirectional_sequences": build(L.Bidirectional(cell(3, return_sequences=True)), flat=True)}
 
 
-@pytest.mark.parametrize("key", list(_masked_lstm_models()))
-def test_fused_lstm_backward_with_masks_equals_op_by_op(key, monkeypatch):
+@pytest.mark.parametrize("key", list(_masked_rnn_models(L.LSTM)))
+@pytest.mark.parametrize("cell", CELLS, ids=["LSTM", "GRU"])
+def test_fused_backward_with_masks_equals_op_by_op(cell, key, monkeypatch):
     """Masked steps keep their states (and output zeros in a Bidirectional): the fused backward
     splits each state's gradient between the step and the state before it, as the Where's do."""
-    m = _masked_lstm_models()[key]
+    m = _masked_rnn_models(cell)[key]
     ids = RNG.integers(1, 9, size=(B, 6))
     ids[0, 3:] = 0            # right padding
     ids[1, 1] = 0             # a masked step in the middle
@@ -230,10 +237,13 @@ def test_fused_lstm_backward_with_masks_equals_op_by_op(key, monkeypatch):
     assert n_fused < n_plain, (n_fused, n_plain)     # (6 steps: the bulk ops weigh; ~0.6x at 200)
 
 
-def test_fused_lstm_backward_is_not_used_with_recurrent_dropout(monkeypatch):
-    """A recurrent dropout mask is outside the fused form: that LSTM is differentiated op by op
-    (the same graph either way)."""
-    m, x = dense_model(L.LSTM(3, recurrent_dropout=0.2), 2)
+@pytest.mark.parametrize("layer", [lambda: L.LSTM(3, recurrent_dropout=0.2), lambda: L.GRU(3, recurrent_dropout=0.2),
+                                   lambda: L.GRU(3, reset_after=False)],
+                         ids=["LSTM-recurrent_dropout", "GRU-recurrent_dropout", "GRU-reset_before"])
+def test_fused_backward_is_not_used_outside_its_form(layer, monkeypatch):
+    """A recurrent dropout mask, or the GRU's reset gate before the recurrent product, is outside
+    the fused forms: that layer is differentiated op by op (the same graph either way)."""
+    m, x = dense_model(layer(), 2)
     fused, n_fused = _gradients(m, np.asarray(x), True, monkeypatch)
     plain, n_plain = _gradients(m, np.asarray(x), False, monkeypatch)
     assert n_fused == n_plain
