@@ -34,10 +34,10 @@ Two lowerings:
   of all steps is one ``MatMul`` before the loop, split per step by one ``Split`` into
   ``[batch, G*u]`` matrices; each step does ``Gemm(h, recurrent_kernel, x_t)`` and elementwise
   gate math; masks are ``Where(m_t, new, old)`` (exact for any mask). Every op has a gradient
-  rule (see :mod:`kdsl.lower.autodiff_seq`); an LSTM with sigmoid gates and tanh activations,
-  without recurrent dropout, records its steps and gets a backward pass written for the cell
-  instead (:mod:`kdsl.lower.autodiff_rnn`: 17 nodes per step against 30 for the op-by-op
-  form, the same gradients).
+  rule (see :mod:`kdsl.lower.autodiff_seq`); an LSTM, or a GRU with ``reset_after=True``, with
+  sigmoid gates and tanh activations and without recurrent dropout records its steps and gets a
+  backward pass written for the cell instead (:mod:`kdsl.lower.autodiff_rnn`: 17 nodes per
+  step against 30-31 for the op-by-op form, the same gradients).
 
 Masking follows Keras 3 (``keras/src/layers/rnn/rnn.py`` and ``keras/src/backend/*/rnn.py``):
 a masked step leaves the states unchanged; with ``return_sequences=True`` its output is the
