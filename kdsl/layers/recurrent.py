@@ -385,8 +385,9 @@ class _Recurrent(Layer):
         return _Run(self, lambda: list(state), steps=outs)
 
     def _tape(self, ctx, aux: dict, plain: bool):
-        """A record of the steps for the fused backward pass (kdsl.lower.autodiff_rnn), for
-        training LSTMs with sigmoid gates and tanh activations and no recurrent dropout."""
+        """A record of the steps for a backward pass written for the cell
+        (kdsl.lower.autodiff_rnn), or None: the cells that have one override this.
+        ``plain``: no recurrent dropout."""
         return None
 
     def _project_width(self, i: int) -> int:
