@@ -18,7 +18,7 @@ from ..lower import autodiff_attention  # noqa: F401  (the VJP rules these layer
 from ..lower.context import CL
 from .args import ArgError, check_int, check_rate
 from .base import Layer, ShapeError, register
-from .core import _salt, uniform_hash
+from .core import _salt, dropout_mask
 from .embedding import ids_mask
 
 __all__ = ["MultiHeadAttention", "PositionEmbedding", "TokenAndPositionEmbedding"]
@@ -338,9 +338,8 @@ class MultiHeadAttention(Layer):
             scores = e.op("Where", [mask, scores, e.scalar(LARGE_NEGATIVE, self.dtype)])
         probs = e.op("Softmax", [scores], axis=-1)
         if ctx.training and self.dropout > 0.0:
-            u = uniform_hash(e, e.op("Shape", [probs]), ctx.step, _salt(self))
-            keep = e.op("Cast", [e.op("GreaterOrEqual", [u, e.scalar(self.dropout)])], to=1)
-            probs = e.op("Mul", [probs, e.op("Mul", [keep, e.scalar(1.0 / (1.0 - self.dropout))])])
+            probs = e.op("Mul", [probs, dropout_mask(e, e.op("Shape", [probs]), ctx.step, _salt(self),
+                                                     self.dropout)])
         ctx_v = e.op("MatMul", [probs, e.transpose(value, [0, 2, 1, 3])])   # [B, N, T, Hv]
         ctx_v = e.reshape(e.transpose(ctx_v, [0, 2, 1, 3]), [0, 0, n * vd])  # [B, T, N*Hv]
         out = self._w("attention_output/kernel").shape[2:]

@@ -1,6 +1,8 @@
 """Core layers: Dense, Activation, Dropout."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ir import TensorType
@@ -149,9 +151,7 @@ class Dropout(Layer):
             mask_shape = e.op("Concat", parts, axis=0)
         else:
             mask_shape = e.op("Shape", [x])
-        u = uniform_hash(e, mask_shape, ctx.step, _salt(self))
-        keep = e.op("Cast", [e.op("GreaterOrEqual", [u, e.scalar(self.rate)])], to=1)
-        mask = e.op("Mul", [keep, e.scalar(1.0 / (1.0 - self.rate))])
+        mask = dropout_mask(e, mask_shape, ctx.step, _salt(self), self.rate)
         return e.op("Mul", [x, mask]), layout
 
 
@@ -167,25 +167,31 @@ def _salt(layer: Layer) -> int:
 _P = 2147483647   # 2^31 - 1, prime
 
 
-def uniform_hash(e, shape: str, step: str, salt: int) -> str:
-    """Uniform [0, 1) noise of ``shape`` from a counter-based hash of (element index, step, salt).
+def dropout_mask(e, shape: str, step: str, salt: int, rate: float) -> str:
+    """A float32 keep-mask of ``shape`` scaled by ``1 / (1 - rate)``: each element is kept when a
+    counter-based hash of (element index, step, salt) is at least ``rate`` of its range.
 
     Plain int64 ONNX ops (no RNG op), so a training step's randomness is a pure function of the
-    step counter: runs are reproducible and a resumed run draws the same masks.
+    step counter: runs are reproducible and a resumed run draws the same masks. The hash: the
+    element index plus an offset drawn from (step, salt), then two rounds of the quadratic map
+    ``h -> h^2 + c (mod p)``, ``p = 2^31 - 1`` (the offset is below 2^30, so ``h^2`` fits in
+    int64 for tensors below 2^31 elements). Pairs and triples of neighbouring values pass a
+    chi-square test of uniformity, and the masks of different steps and salts are uncorrelated;
+    two int64 ``Mod``s per element (the dearest op here) and the comparison made on the integers.
     """
     n = e.op("ReduceProd", [shape], keepdims=1)
     idx = e.op("Range", [e.const(np.asarray(0, np.int64)), e.op("Squeeze", [n]), e.const(np.asarray(1, np.int64))])
-    s = e.op("Cast", [step], to=7)
     p = e.const(np.asarray(_P, np.int64))
-    # (idx mod p) * 16807 = idx * 16807 (mod p), and idx * 16807 fits in int64 for any tensor
-    # below 5e14 elements: one Mod over the whole tensor less, the same masks
-    h = e.op("Add", [e.op("Mul", [idx, e.const(np.asarray(16807, np.int64))]),
-                     e.op("Mul", [e.op("Mod", [s, p]), e.const(np.asarray(48271, np.int64))])])
-    h = e.op("Mod", [e.op("Add", [h, e.const(np.asarray(salt, np.int64))]), p])
-    for c in (1013904223, 362436069):   # two rounds of the quadratic map h -> h^2 + c (mod p)
+    s = e.op("Mod", [e.op("Cast", [step], to=7), p])
+    off = e.op("Mod", [e.op("Mod", [e.op("Add", [e.op("Mul", [s, e.const(np.asarray(48271, np.int64))]),
+                                                 e.const(np.asarray(salt, np.int64))]), p]),
+                       e.const(np.asarray(1 << 30, np.int64))])
+    h = e.op("Add", [idx, off])
+    for c in (1013904223, 362436069):
         h = e.op("Mod", [e.op("Add", [e.op("Mul", [h, h]), e.const(np.asarray(c, np.int64))]), p])
-    u = e.op("Div", [e.op("Cast", [h], to=1), e.scalar(float(_P))])
-    return e.op("Reshape", [u, shape])
+    keep = e.op("GreaterOrEqual", [h, e.const(np.asarray(math.ceil(rate * _P), np.int64))])
+    mask = e.op("Mul", [e.op("Cast", [keep], to=1), e.scalar(1.0 / (1.0 - rate))])
+    return e.op("Reshape", [mask, shape])
 
 
 @register

@@ -303,15 +303,13 @@ class _Recurrent(Layer):
 
     def _dropout_mask(self, ctx, batch_of: str, size: int, rate: float, what: str) -> str:
         """A ``[batch, size]`` keep-mask scaled by ``1 / (1 - rate)``, drawn once per sequence."""
-        from .core import uniform_hash
+        from .core import dropout_mask
 
         e = ctx.e
         shape = e.op("Concat", [e.op("Slice", [e.op("Shape", [batch_of]), e.ints([0]), e.ints([1])]),
                                 e.ints([size])], axis=0)
         step = ctx.step if ctx.step is not None else e.scalar(0.0)
-        u = uniform_hash(e, shape, step, self._salt(what))
-        keep = e.op("Cast", [e.op("GreaterOrEqual", [u, e.scalar(rate)])], to=1)
-        return e.op("Mul", [keep, e.scalar(1.0 / (1.0 - rate))])
+        return dropout_mask(e, shape, step, self._salt(what), rate)
 
     def _act(self, ctx, name: str, x: str, parts: int = 1) -> str:
         """``name`` applied to ``x`` (``[.., parts * units]``), per gate for axis activations."""

@@ -111,3 +111,47 @@ def test_glorot_uniform_is_seeded_and_in_range():
     limit = math.sqrt(6 / (50 + 30))
     assert np.abs(a[0]).max() <= limit and np.abs(a[0]).max() > 0.8 * limit
     assert (a[1] == 0).all()
+
+
+# -- the dropout masks (a counter-based hash; no RNG op) ------------------------------------------------------------
+def _masks(shape, rate, steps, salt=12345):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from kdsl.layers.core import dropout_mask
+    from kdsl.lower.emitter import Emitter
+    from kdsl.lower.export import make_model
+
+    e = Emitter(17)
+    e.reserve("step")
+    out = dropout_mask(e, e.ints(list(shape)), "step", salt, rate)
+    g = helper.make_graph(e.nodes, "g", [helper.make_tensor_value_info("step", TensorProto.FLOAT, [])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, list(shape))])
+    sess = ort.InferenceSession(make_model(g, 17).SerializeToString(), providers=["CPUExecutionProvider"])
+    return [sess.run(None, {"step": np.array(s, np.float32)})[0] for s in steps]
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
+def test_dropout_masks_keep_the_right_share_with_the_keras_scale(rate):
+    a, b, a2 = _masks((256, 400), rate, [7, 8, 7])
+    n = a.size
+    kept = a > 0
+    assert set(np.unique(a)) == {0.0, np.float32(1 / (1 - rate))}
+    assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / n)   # a binomial's 4 sigma
+    np.testing.assert_array_equal(a, a2)                                       # a function of the step
+    both = (kept & (b > 0)).mean()                                             # steps independent
+    assert abs(both - (1 - rate) ** 2) < 4 * np.sqrt((1 - rate) ** 2 * (1 - (1 - rate) ** 2) / n)
+
+
+def test_dropout_masks_of_neighbouring_units_are_independent():
+    """Pairs and triples of neighbouring elements (and elements a row apart) fall in each cell of
+    a 2x2 / 2x2x2 table as independent draws would: chi-square below its 0.999 quantile."""
+    (m,) = _masks((512, 400), 0.5, [3])
+    k = (m > 0).astype(int).reshape(-1)
+    for a, b in ((k[:-1], k[1:]), (k[:-400], k[400:])):
+        counts = np.bincount(2 * a + b, minlength=4)
+        exp = len(a) / 4
+        assert ((counts - exp) ** 2 / exp).sum() < 16.3, counts                # chi2(3) 0.999: 16.27
+    counts = np.bincount(4 * k[:-2] + 2 * k[1:-1] + k[2:], minlength=8)
+    exp = (len(k) - 2) / 8
+    assert ((counts - exp) ** 2 / exp).sum() < 24.3, counts                    # chi2(7) 0.999: 24.32
