@@ -7,6 +7,10 @@ instead. These rewrites look across layers:
   becomes ``Gather(data, Transpose(ids))``: the recurrent layers want time-major inputs, and
   transposing the ``[batch, T]`` token ids of an ``Embedding`` costs nothing next to moving its
   ``[batch, T, dim]`` output (twice when training: its gradient comes back the same way).
+* Common subexpressions: a node that repeats an earlier one (same op, inputs and attributes) is
+  dropped and its outputs read from the earlier node. The optimizer's step-dependent scalars
+  (Adam's bias correction) are emitted per weight, the gradient rules ask for the same shapes
+  again...: onnxruntime runs every node, and on small models a node costs more than its work.
 """
 from __future__ import annotations
 
@@ -17,7 +21,11 @@ from onnx import helper
 
 from .emitter import Emitter
 
-__all__ = ["transpose_gather_indices"]
+__all__ = ["transpose_gather_indices", "eliminate_common_subexpressions"]
+
+#: ops whose outputs are not a function of their inputs
+_RANDOM = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+           "Bernoulli", "Dropout"}
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -80,3 +88,33 @@ def transpose_gather_indices(nodes: Sequence[onnx.NodeProto], e: Emitter, ranks:
         if k not in dropped:
             result.append(nd)
     return result
+
+
+def eliminate_common_subexpressions(nodes: Sequence[onnx.NodeProto], keep: Iterable[str] = ()) -> list[onnx.NodeProto]:
+    """``nodes`` (in topological order) without the nodes that repeat an earlier node: same
+    domain, op type, inputs (after earlier replacements) and attributes. Nodes with subgraphs,
+    random ops and nodes that write a name in ``keep`` (graph outputs) stay. Inputs are renamed
+    in place."""
+    keep = set(keep)
+    seen: dict[tuple, onnx.NodeProto] = {}
+    rename: dict[str, str] = {}
+    out = []
+    for nd in nodes:
+        for i, x in enumerate(nd.input):
+            if x in rename:
+                nd.input[i] = rename[x]
+        if (nd.op_type in _RANDOM or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                         for a in nd.attribute) or keep.intersection(nd.output)):
+            out.append(nd)
+            continue
+        key = (nd.domain, nd.op_type, tuple(nd.input), len(nd.output),
+               tuple(sorted(a.SerializeToString() for a in nd.attribute)))
+        first = seen.get(key)
+        if first is None or any(mine and not theirs for mine, theirs in zip(nd.output, first.output)):
+            seen.setdefault(key, nd)
+            out.append(nd)
+            continue
+        for mine, theirs in zip(nd.output, first.output):
+            if mine:
+                rename[mine] = theirs
+    return out

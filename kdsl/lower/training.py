@@ -29,7 +29,7 @@ from ..ir import BATCH, TensorType
 from .autodiff_nn import prepare_forward, prune_dead_nodes   # also registers the conv/pool/norm rules
 from .autodiff import backprop
 from .autodiff_rnn import fuse as fuse_recurrent
-from .rewrite import transpose_gather_indices
+from .rewrite import eliminate_common_subexpressions, transpose_gather_indices
 from .context import CL, LowerContext
 from .emitter import ONNX_DTYPE, Emitter
 from .export import check_opset, input_types, lower_body, make_model, value_info
@@ -255,7 +255,8 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
         inputs += [lr_vi, step_vi]
     _name_outputs(e, new_outputs, {i.name for i in inputs} | {s.name for s in state})
     outputs += [name for _, name in new_outputs]
-    e.nodes[:] = prune_dead_nodes(e.nodes, outputs)   # onnxruntime runs every node, used or not
+    # onnxruntime runs every node, used or not
+    e.nodes[:] = prune_dead_nodes(eliminate_common_subexpressions(e.nodes, outputs), outputs)
     state_vis = [helper.make_tensor_value_info(s.name, ONNX_DTYPE[s.weight.dtype] if s.weight else
                                                onnx.TensorProto.FLOAT, list(s.value.shape)) for s in state]
     out_vis = [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs]

@@ -125,3 +125,4 @@ def test_embedding_then_lstm_transposes_the_token_ids():
         producer = {o: n for n in graph.node for o in n.output}
         assert producer[gathers[0].input[1]].op_type == "Transpose"
         assert not any(n.op_type == "Transpose" and producer.get(n.input[0]) is gathers[0] for n in graph.node)
+

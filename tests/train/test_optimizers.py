@@ -482,3 +482,13 @@ train m { loss = mse
     assert set(saved) == {"dense/kernel:ema", "dense/bias:ema"}
     for k, v in saved.items():
         np.testing.assert_array_equal(restored[k], v)
+
+
+def test_step_scalars_are_computed_once_for_all_weights():
+    """Adam's bias correction depends only on the step: one copy in the training graph, however
+    many weights (common subexpressions are merged)."""
+    x = kdsl.Input((5,), name="x")
+    m = kdsl.Model(x, {"y": L.Dense(2)(L.Dense(4)(L.Dense(3)(x)))})
+    prog = build_training(m, TrainSetup({"y": get_loss("mse")}, {}, {"y": []}, O.Adam(1e-3)))
+    ops = [n.op_type for n in prog.train.graph.node if n.name.startswith("optimizer/")]
+    assert ops.count("Pow") == 2 and ops.count("Sqrt") == 1 + 6     # beta_1^t, beta_2^t; one per weight
