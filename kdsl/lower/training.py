@@ -242,7 +242,7 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
                 slots[slot] = sname
             params.append((wname, g, slots))
         with e.scope("optimizer"):
-            updates = opt.emit_updates(e, params, "lr", "step")
+            updates = opt.emit_updates(e, params, "lr", "step", {s.name: s.value.shape for s in state})
         for (wname, _, slots), (new_w, new_slots) in zip(params, updates):
             new_outputs.append((new_w, f"{wname}:new"))
             by_name[wname].updated = True

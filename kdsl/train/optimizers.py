@@ -17,6 +17,11 @@ import numpy as np
 from ..errors import KdslError, did_you_mean
 from ..lower.emitter import Emitter
 
+#: weights of at most this many elements are updated together (see Optimizer.emit_updates): below
+#: it, a dozen onnxruntime nodes per weight (~3 us each) cost more than the copies into and out of
+#: the concatenation (~7 passes)
+GROUP_MAX = 8192
+
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZER_CLASSES", "get_optimizer"]
 
 
@@ -111,24 +116,55 @@ class Optimizer:
 
     # -- graph side ------------------------------------------------------------------------------
     def emit_updates(self, e: Emitter, params: list[tuple[str, str, dict[str, str]]], lr: str,
-                     step: str) -> list[tuple[str, dict[str, str]]]:
+                     step: str, shapes: dict[str, tuple] | None = None) -> list[tuple[str, dict[str, str]]]:
         """For each ``(weight, gradient, slots)`` emit and return ``(new_weight, new_slots)``.
 
         ``lr`` and ``step`` are float32 scalars (``step`` is 1-based: Keras's ``iterations + 1``).
+        With the weights' ``shapes``, the weights of at most ``GROUP_MAX`` elements are updated
+        together: flattened and concatenated (weight, gradient, each slot), one update, split back.
+        The rules are element-wise, so the values are those of separate updates, and a model's
+        biases and small kernels then cost one set of a dozen nodes instead of one per weight
+        (onnxruntime's per-node cost dominates the work on them).
         """
         if not params:
             return []
         grads = self._clip(e, [g for _, g, _ in params])
-        out = []
-        for (w, _, slots), g in zip(params, grads):
-            if self.weight_decay is not None:
-                decay = e.op("Mul", [e.op("Mul", [w, e.scalar(self.weight_decay)]), lr])
-                w = e.op("Sub", [w, decay])
-            new_w, new_slots = self.update(e, w, g, slots, lr, step)
-            if self.use_ema:
-                new_w, new_slots["ema"] = self._ema(e, new_w, slots["ema"], step)
-            out.append((new_w, new_slots))
+        out: list = [None] * len(params)
+        size = {w: int(np.prod(shapes[w])) for w, _, _ in params} if shapes else {}
+        small = [k for k, (w, _, _) in enumerate(params) if 0 < size.get(w, 0) <= GROUP_MAX]
+        if len(small) < 2:
+            small = []
+        for k, ((w, _, slots), g) in enumerate(zip(params, grads)):
+            if k not in small:
+                out[k] = self._update_one(e, w, g, slots, lr, step)
+        if small:
+            def cat(names):
+                flat = [n if len(shapes[params[k][0]]) == 1 else e.reshape(n, [-1]) for k, n in zip(small, names)]
+                return e.op("Concat", flat, axis=0)
+
+            def uncat(name):
+                parts = e.op("Split", [name, e.ints([size[params[k][0]] for k in small])], n_out=len(small), axis=0)
+                return [p if len(shapes[params[k][0]]) == 1 else e.reshape(p, list(shapes[params[k][0]]))
+                        for k, p in zip(small, parts)]
+
+            keys = list(params[small[0]][2])
+            new_w, new_slots = self._update_one(e, cat([params[k][0] for k in small]), cat([grads[k] for k in small]),
+                                                {s: cat([params[k][2][s] for k in small]) for s in keys}, lr, step)
+            ws = uncat(new_w)
+            per_slot = {s: uncat(new_slots[s]) for s in new_slots}
+            for i, k in enumerate(small):
+                out[k] = (ws[i], {s: v[i] for s, v in per_slot.items()})
         return out
+
+    def _update_one(self, e: Emitter, w: str, g: str, slots: dict[str, str], lr: str, step: str):
+        """Weight decay, the optimizer's rule and the EMA for one weight (or a concatenation)."""
+        if self.weight_decay is not None:
+            decay = e.op("Mul", [e.op("Mul", [w, e.scalar(self.weight_decay)]), lr])
+            w = e.op("Sub", [w, decay])
+        new_w, new_slots = self.update(e, w, g, slots, lr, step)
+        if self.use_ema:
+            new_w, new_slots["ema"] = self._ema(e, new_w, slots["ema"], step)
+        return new_w, new_slots
 
     def _ema(self, e: Emitter, new_w: str, ema: str, step: str) -> tuple[str, str]:
         """Keras's ``_update_model_variables_moving_average`` (momentum 0 at the first step, so the

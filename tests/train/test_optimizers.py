@@ -491,4 +491,38 @@ def test_step_scalars_are_computed_once_for_all_weights():
     m = kdsl.Model(x, {"y": L.Dense(2)(L.Dense(4)(L.Dense(3)(x)))})
     prog = build_training(m, TrainSetup({"y": get_loss("mse")}, {}, {"y": []}, O.Adam(1e-3)))
     ops = [n.op_type for n in prog.train.graph.node if n.name.startswith("optimizer/")]
-    assert ops.count("Pow") == 2 and ops.count("Sqrt") == 1 + 6     # beta_1^t, beta_2^t; one per weight
+    assert ops.count("Pow") == 2                                     # beta_1^t and beta_2^t, once
+
+
+@pytest.mark.parametrize("kind,kw", [("Adam", dict(amsgrad=True)), ("AdamW", {}), ("SGD", dict(momentum=0.9)),
+                                     ("RMSprop", dict(centered=True, momentum=0.5)), ("Adagrad", {})])
+def test_small_weights_are_updated_together_with_the_same_values(kind, kw, monkeypatch):
+    """Weights of at most GROUP_MAX elements share one update (concatenated, then split back):
+    the new weights and slots are exactly those of one update per weight."""
+    x = kdsl.Input((5,), name="x")
+    m = kdsl.Model(x, {"y": L.Dense(2)(L.Dense(30)(L.Dense(4)(x)))}, seed=3)     # kernels 20, 120, 60
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.normal(size=(6, 5)).astype("float32"), "target:y": rng.normal(size=(6, 2)).astype("float32"),
+             "sample_weight:y": np.ones(6, np.float32), "lr": np.array(0.1, np.float32),
+             "step": np.array(3, np.float32)}
+
+    def run(group_max):
+        monkeypatch.setattr(O, "GROUP_MAX", group_max)
+        opt = getattr(O, kind)(use_ema=True, **kw)
+        prog = build_training(m, TrainSetup({"y": get_loss("mse")}, {}, {"y": []}, opt))
+        state = {s.name: s.value if s.kind != "slot" else rng.uniform(0.1, 1, s.value.shape).astype("float32")
+                 for s in prog.state}
+        sess = ort.InferenceSession(prog.train.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        ops = [n.op_type for n in prog.train.graph.node if n.name.startswith("optimizer/")]
+        return dict(zip(names, sess.run(None, {**feeds, **state}))), ops
+
+    default = O.GROUP_MAX
+    rng = np.random.default_rng(5)
+    apart, ops_apart = run(0)
+    rng = np.random.default_rng(5)
+    together, ops_together = run(default)
+    assert apart.keys() == together.keys() and sum(k.endswith(":new") for k in apart) >= 12
+    for k in apart:
+        np.testing.assert_array_equal(apart[k], together[k], err_msg=k)
+    assert "Concat" in ops_together and "Concat" not in ops_apart and len(ops_together) < len(ops_apart)
