@@ -4,7 +4,7 @@ model ``examples/text_lstm.kd`` (200 token ids, vocabulary 20,000, embedding 128
 
 Run: ``python bench/train.py`` (``--models mlp,cnn,lstm``, ``--epochs``, ``--samples``,
 ``--provider cpu|cuda``, ``--profile`` for onnxruntime's per-op profile of the kdsl training
-step). Prints samples/s of each framework, kdsl's ratio against the fastest baseline, and the
+step, ``--same-process`` to run the baselines in this process instead of one child each). Prints samples/s of each framework, kdsl's ratio against the fastest baseline, and the
 share of kdsl's step time spent outside onnxruntime's ``run`` (binding, copying, Python). See
 bench/README.md.
 
@@ -410,6 +410,83 @@ class KerasRunner(BaselineRunner):
         self.loss = float(hist.history["loss"][-1])
 
 
+# -- baselines in their own processes -----------------------------------------------------------------
+_REPLY = "@@bench-worker@@ "     # prefix of the worker's protocol lines on its stdout
+
+
+class IsolatedRunner(Runner):
+    """A baseline run by ``bench/train.py --worker`` in a child process, epoch by epoch on request:
+    JAX's and PyTorch's thread pools then cannot slow down the other frameworks' epochs (with JAX
+    loaded in the same process, kdsl's and PyTorch's MLP epochs ran up to 2x slower). Data and
+    initial weights go through a temporary ``.npz`` (loaded with ``allow_pickle=False``), commands
+    and replies are lines of JSON."""
+
+    def __init__(self, cls, model_key: str, init, x, y, args):
+        super().__init__()
+        self.name, self.cls = cls.name, cls.__name__
+        self.key, self.init, self.x, self.y, self.args = model_key, init, x, y, args
+        self.proc = None
+
+    def _ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY):])
+        raise RuntimeError(f"the {self.name} worker stopped (exit status {self.proc.wait()})")
+
+    def setup(self):
+        import subprocess
+
+        self._dir = tempfile.TemporaryDirectory(prefix="kdsl-bench-")
+        data = os.path.join(self._dir.name, "data.npz")
+        np.savez(data, x=self.x, y=self.y, **{f"w{i}": w for i, w in enumerate(self.init)})
+        cfg = json.dumps({k: v for k, v in vars(self.args).items() if isinstance(v, (int, float, str, bool, type(None)))})
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", self.cls, self.key, data, cfg],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            r = self._ask("setup")
+        except RuntimeError as err:
+            self.note = f"skipped: {err}"
+            return
+        self.available, self.note, self.extra = r["available"], r["note"], r["extra"]
+        self.note += (" (in its own process)" if self.available else "")
+
+    def epoch(self):
+        r = self._ask("epoch")
+        self.walls.append(r["wall"])
+        self.loss = r["loss"]
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait()
+            self._dir.cleanup()
+
+
+def worker(cls_name: str, key: str, data_path: str, cfg: str) -> int:
+    """The child side of :class:`IsolatedRunner`: ``setup`` / ``epoch`` on stdin, replies on stdout."""
+    with np.load(data_path, allow_pickle=False) as d:
+        x, y = d["x"], d["y"]
+        init = [d[f"w{i}"] for i in range(len(d.files) - 2)]
+    runner = {"TorchRunner": TorchRunner, "KerasRunner": KerasRunner}[cls_name](
+        key, init, x, y, argparse.Namespace(**json.loads(cfg)))
+
+    def reply(**kw):
+        sys.stdout.write(_REPLY + json.dumps(kw) + "\n")
+        sys.stdout.flush()
+
+    for line in sys.stdin:
+        if line.strip() == "setup":
+            runner.setup()
+            reply(available=runner.available, note=runner.note,
+                  extra={k: v for k, v in runner.extra.items() if isinstance(v, (int, float, str))})
+        elif line.strip() == "epoch":
+            runner.epoch()
+            reply(wall=runner.walls[-1], loss=runner.loss)
+    return 0
+
+
 # -- onnxruntime profile of the kdsl step -----------------------------------------------------------
 def _phase(node_name: str) -> str:
     for prefix, phase in (("grad/", "backward"), ("optimizer/", "optimizer"), ("loss/", "loss"),
@@ -489,6 +566,9 @@ def print_profile(key: str, prof: dict) -> None:
 
 # -- main -----------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return worker(*argv[1:5])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up epoch (default 3)")
@@ -503,6 +583,8 @@ def main(argv=None) -> int:
                          "and Keras compute it (default); 'nll' = NLL on log-softmax (F.cross_entropy)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     ap.add_argument("--no-keras", action="store_true", help="skip the Keras-on-JAX baseline")
+    ap.add_argument("--same-process", action="store_true",
+                    help="run the baselines in this process (default: each in a child process of its own)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one epoch of the kdsl step with onnxruntime (per-op times)")
     ap.add_argument("--top", type=int, default=12, help="rows in the profile tables (default 12)")
@@ -542,8 +624,10 @@ def main(argv=None) -> int:
         print(f"{key}: {src}; {len(x)} samples, batch {margs.batch_size}")
         model = load_kdsl(key, args.provider)
         init = [np.array(w) for w in model.get_weights()]
-        runners = [KdslRunner(model, x, y, margs), TorchRunner(key, init, x, y, margs),
-                   KerasRunner(key, init, x, y, margs)]
+        baselines = [TorchRunner, KerasRunner]
+        runners = [KdslRunner(model, x, y, margs)] + [
+            cls(key, init, x, y, margs) if args.same_process else IsolatedRunner(cls, key, init, x, y, margs)
+            for cls in baselines]
         for r, skip in zip(runners, (False, args.no_torch, args.no_keras)):
             if skip:
                 r.note = f"skipped: --no-{r.name.split('-')[0]}"
@@ -553,6 +637,9 @@ def main(argv=None) -> int:
             for r in runners:
                 if r.available:
                     r.epoch()
+        for r in runners:
+            if hasattr(r, "close"):
+                r.close()
         if args.profile and runners[0].available:
             profiles[key] = profile_kdsl(model, x, y, margs, args.top)
         rows.append((key, runners, len(x), margs.batch_size))
@@ -596,7 +683,9 @@ def main(argv=None) -> int:
                                    "NLL on log-softmax (F.cross_entropy on the logits)")
                  + "; lstm: binary cross-entropy of the clamped sigmoid probabilities (Keras's form)"
                  + "; the torch loop computes no accuracy (kdsl and Keras do)")
-    notes.append("epochs of the frameworks are interleaved (one of each per round); samples/s from the "
+    notes.append("epochs of the frameworks are interleaved (one of each per round"
+                 + ("" if args.same_process else "; PyTorch and Keras each in a child process of its own")
+                 + "); samples/s from the "
                  "median timed epoch; runtime overhead share = 1 - (time inside "
                  "onnxruntime's run) / (epoch wall time), median over the timed epochs")
     for r in (k0, t0, kj0):

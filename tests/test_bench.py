@@ -40,3 +40,30 @@ def test_sst2_benchmark_reads_glue_files_and_refuses_others(tmp_path):
     bad.write_text("sentence\tlabel\nno label here\n", encoding="utf-8")
     with pytest.raises(SystemExit, match=r"bad.tsv:2: expected '<sentence> TAB <0\|1>'"):
         bench.read_tsv(str(bad))
+
+
+def test_a_baseline_in_its_own_process_answers_setup_and_epochs():
+    """IsolatedRunner drives ``bench/train.py --worker`` over pipes: PyTorch trains there when it
+    is installed; otherwise the worker still answers, with the reason it skips."""
+    import argparse
+
+    import numpy as np
+
+    bench = _load("train")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, size=(64, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, size=64)
+    model = bench.load_kdsl("mlp", "cpu")
+    init = [np.array(w) for w in model.get_weights()]
+    args = argparse.Namespace(batch_size=32, seed=0, provider="cpu", torch_loss="keras", epochs=1, samples=64)
+    r = bench.IsolatedRunner(bench.TorchRunner, "mlp", init, x, y, args)
+    try:
+        r.setup()
+        if r.available:
+            r.epoch()
+            assert len(r.walls) == 1 and r.walls[0] > 0 and np.isfinite(r.loss)
+            assert "own process" in r.note and r.extra["threads"] >= 1
+        else:
+            assert r.note.startswith("skipped:") and "torch" in r.note
+    finally:
+        r.close()
