@@ -428,8 +428,11 @@ class IsolatedRunner(Runner):
         self.proc = None
 
     def _ask(self, command: str) -> dict:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            raise RuntimeError(f"the {self.name} worker stopped (exit status {self.proc.wait()})") from None
         for line in self.proc.stdout:
             if line.startswith(_REPLY):
                 return json.loads(line[len(_REPLY):])
@@ -464,9 +467,13 @@ class IsolatedRunner(Runner):
 
     def close(self):
         if self.proc is not None:
-            self.proc.stdin.close()
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
             self.proc.wait()
             self._dir.cleanup()
+            self.proc = None
 
 
 def worker(cls_name: str, key: str, data_path: str, cfg: str) -> int:
