@@ -125,7 +125,7 @@ def backprop(e: Emitter, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Iterab
     """Emit the gradients of scalar ``loss`` with respect to each name in ``wrt``.
 
     ``records``: what rules for nodes that stand for several forward nodes need, by node name
-    (the fused LSTM's and GRU's tapes, see :mod:`kdsl.lower.autodiff_rnn`).
+    (the fused recurrent layers' tapes, see :mod:`kdsl.lower.autodiff_rnn`).
 
     Only nodes on a path from ``wrt`` to ``loss`` are differentiated. Returns
     ``{name: gradient name or None}`` (``None``: the loss does not depend on it).

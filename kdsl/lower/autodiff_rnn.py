@@ -1,4 +1,5 @@
-"""Backward passes written for the unrolled LSTM and GRU, used in place of op-by-op differentiation.
+"""Backward passes written for the unrolled LSTM, GRU and SimpleRNN, used in place of op-by-op
+differentiation.
 
 The unrolled LSTM (see :mod:`kdsl.layers.recurrent`) emits about a dozen small ops per time
 step; differentiating them op by op gives about two dozen more per step, each a separate
@@ -35,6 +36,10 @@ step, ``q = [g, g, g] * [A1, A3, A4]_t`` (the gradient of ``h_prev @ R``) and
 ``dh_prev = q @ R^T + g * z_t``; the projections', ``R``'s and ``b_rh``'s gradients are bulk
 products of the stacked ``g``.
 
+The SimpleRNN (tanh, no recurrent dropout): ``A = 1 - h^2`` in bulk; per step ``dz = g * A_t`` and
+``dh_prev = dz @ R^T``; the recurrent kernel's gradient in one GEMM (op by op it is a GEMM per
+step and a sum of them).
+
 The forward graph is unchanged; the gradients of the hoisted input projections flow on to the
 ``MatMul`` and bias ``Add`` before their ``Split``, whose own rules do the rest.
 """
@@ -50,7 +55,7 @@ from onnx import helper
 from .autodiff import GradContext, register
 from .emitter import Emitter
 
-__all__ = ["LSTMTape", "GRUTape", "fuse"]
+__all__ = ["LSTMTape", "GRUTape", "RNNTape", "fuse"]
 
 
 @dataclass
@@ -100,6 +105,21 @@ class GRUStep:
 
 
 @dataclass
+class RNNStep:
+    """One SimpleRNN step's values (each ``[b, .]``): its projected input ``x`` and the new
+    ``h = tanh(x + h_prev @ R)``; with a mask ``m``, the state ``hs`` after the step and the
+    output ``out``, as for :class:`LSTMStep`."""
+    x: str
+    h: str
+    m: str | None = None
+    hs: str = ""
+    out: str = ""
+
+    def __post_init__(self):
+        self.hs, self.out = self.hs or self.h, self.out or self.h
+
+
+@dataclass
 class _Tape:
     """The steps of one unrolled layer, in processing order, the node range they span, and the
     projections ``(xp [T * b, .], xs)`` whose ``Split`` gave the steps' inputs ``xs`` (in time
@@ -129,6 +149,11 @@ class LSTMTape(_Tape):
 
     def outputs(self) -> list[str]:
         return super().outputs() + [self.steps[-1].cs]
+
+
+@dataclass
+class RNNTape(_Tape):
+    op_type: ClassVar[str] = "KdslUnrolledRNN"
 
 
 @dataclass
@@ -345,3 +370,52 @@ def _gru_rule(g: GradContext, n, gy):
     if tape.rb:
         grads.append(e.reduce("ReduceSum", p4, [0], keepdims=True))                    # [1, u]
     return grads + ([None] * T if masked else [])
+
+
+@register(RNNTape.op_type)
+def _rnn_rule(g: GradContext, n, gy):
+    tape = g.records[n.name]
+    e = g.e
+    steps, T = tape.steps, len(tape.steps)
+    one = e.const(np.ones((1, 1), np.float32), hint="one")
+    masked = steps[0].m is not None
+    zero_output = steps[-1].out != steps[-1].hs
+    gy_out = list(gy[:T])
+    gy_hs_last = gy[T] if zero_output else None
+    zero = e.op("Mul", [steps[0].hs, e.const(np.zeros((1, 1), np.float32), hint="zero")])   # [b, u]
+    at = {s.x: t for t, s in enumerate(steps)}
+    order = [at[x] for x in tape.projections[0][1]]                  # time order -> processing step
+    pos = {t: j for j, t in enumerate(order)}
+    h = _stack(e, [steps[t].h for t in order])
+    h_prev = _stack(e, [steps[t - 1].hs if t > 0 else zero for t in order])
+    a = e.op("Sub", [one, e.op("Mul", [h, h])])
+    a_t = _unstack(e, a, T)
+    r_t = e.transpose(tape.rt, [1, 0])                               # [u, u]
+    mf = None
+    if masked:
+        mf = _unstack(e, e.op("Cast", [_stack(e, [steps[t].m for t in order])], to=onnx.TensorProto.FLOAT), T)
+    gh: list[str | None] = [None] * T
+    dh_rec = None
+    for t in range(T - 1, -1, -1):
+        last, j = t == T - 1, pos[t]
+        g_hs = _total(e, [None if zero_output else gy_out[t], dh_rec, gy_hs_last if last else None])
+        pass_h = None
+        if masked:
+            new_h = e.op("Mul", [g_hs, mf[j]]) if g_hs is not None else None
+            dh = _total(e, [new_h, e.op("Mul", [gy_out[t], mf[j]]) if zero_output and gy_out[t] is not None else None])
+            if t > 0 and g_hs is not None:
+                pass_h = e.op("Sub", [g_hs, new_h])
+        else:
+            dh = g_hs
+        gh[t] = dh
+        if dh is None or t == 0:
+            dh_rec = pass_h
+            continue
+        dh_rec = _total(e, [e.op("MatMul", [e.op("Mul", [dh, a_t[j]]), r_t]), pass_h])
+    if all(x is None for x in gh):
+        return [None, None] + ([None] * T if masked else [])
+    dz = e.op("Mul", [_stack(e, [gh[t] if gh[t] is not None else zero for t in order]), a])   # [T * b, u]
+    d_rt = None
+    if T > 1 and tape.rt in getattr(g, "active", {tape.rt}):
+        d_rt = e.op("MatMul", [e.transpose(h_prev, [1, 0]), dz])
+    return [dz, d_rt] + ([None] * T if masked else [])

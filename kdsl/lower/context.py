@@ -51,7 +51,7 @@ class LowerContext:
         self.state_updates: dict[str, str] = {}
         #: the step counter (float32 scalar, 1-based) in training graphs; seeds dropout masks
         self.step: str | None = None
-        #: unrolled LSTMs and GRUs that recorded their steps for the fused backward (autodiff_rnn)
+        #: unrolled recurrent layers that recorded their steps for the fused backward (autodiff_rnn)
         self.recurrent_tapes: list = []
         self._placed: dict[int, _Placed] = {}
         self.types: dict[str, TensorType] = {}    # ONNX name -> type of the value it holds

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainSetup", "TrainingProgram", "StateEntry", "build_training", "build_gradient_graph", "log_names"]
 
-#: the LSTM and GRU backward passes written for the cell (autodiff_rnn); False differentiates their
+#: the LSTM, GRU and SimpleRNN backward passes written for the cell (autodiff_rnn); False differentiates their
 #: steps op by op (tests)
 FUSED_RECURRENT_BACKWARD = True
 
