@@ -299,6 +299,32 @@ def _lstm_rule(g: GradContext, n, gy):
     return [d_xp, d_rt] + ([None] * T if masked else [])
 
 
+def _reverse_h(e: Emitter, steps: list, pos: dict, mf, gy_out: list, gy_hs_last, zero_output: bool,
+               through) -> list[str | None]:
+    """The reverse loop of a cell with one state h (GRU, SimpleRNN): the gradient reaching each
+    step's new h, in processing order. ``through(t, j, dh)`` emits the gradient that step ``t``
+    (time index ``j``) passes to the previous h; with masks (``mf``: float ``[b, 1]`` per time
+    index) a state ``Where(m, new, old)`` gives ``m * g`` to the new h and ``(1 - m) * g`` to the
+    old, and a Bidirectional half's output ``Where(m, h_new, 0)`` (``zero_output``) only the new."""
+    T = len(steps)
+    gh: list[str | None] = [None] * T
+    dh_rec = None
+    for t in range(T - 1, -1, -1):
+        last, j = t == T - 1, pos[t]
+        g_hs = _total(e, [None if zero_output else gy_out[t], dh_rec, gy_hs_last if last else None])
+        pass_h = None
+        if mf is not None:
+            new_h = e.op("Mul", [g_hs, mf[j]]) if g_hs is not None else None
+            dh = _total(e, [new_h, e.op("Mul", [gy_out[t], mf[j]]) if zero_output and gy_out[t] is not None else None])
+            if t > 0 and g_hs is not None:
+                pass_h = e.op("Sub", [g_hs, new_h])
+        else:
+            dh = g_hs
+        gh[t] = dh
+        dh_rec = pass_h if dh is None or t == 0 else _total(e, [through(t, j, dh), pass_h])
+    return gh
+
+
 @register(GRUTape.op_type)
 def _gru_rule(g: GradContext, n, gy):
     tape = g.records[n.name]
@@ -337,25 +363,11 @@ def _gru_rule(g: GradContext, n, gy):
     if masked:
         mf = _unstack(e, e.op("Cast", [_stack(e, [steps[t].m for t in order])], to=onnx.TensorProto.FLOAT), T)
 
-    gh: list[str | None] = [None] * T    # the gradient reaching each step's new h
-    dh_rec = None
-    for t in range(T - 1, -1, -1):
-        last, j = t == T - 1, pos[t]
-        g_hs = _total(e, [None if zero_output else gy_out[t], dh_rec, gy_hs_last if last else None])
-        pass_h = None
-        if masked:   # state = Where(m, new, old): m * g to the new h, (1 - m) * g to the old
-            new_h = e.op("Mul", [g_hs, mf[j]]) if g_hs is not None else None
-            dh = _total(e, [new_h, e.op("Mul", [gy_out[t], mf[j]]) if zero_output and gy_out[t] is not None else None])
-            if t > 0 and g_hs is not None:
-                pass_h = e.op("Sub", [g_hs, new_h])
-        else:
-            dh = g_hs
-        gh[t] = dh
-        if dh is None or t == 0:
-            dh_rec = pass_h
-            continue
+    def through(t, j, dh):   # the gradient of h_prev from step t: q @ R^T + g * z_t
         q = e.op("Mul", [e.op("Concat", [dh, dh, dh], axis=-1), e.op("Concat", [a[j] for a in a_parts], axis=-1)])
-        dh_rec = _total(e, [e.op("Gemm", [q, r_t, e.op("Mul", [dh, steps[t].z])]), pass_h])
+        return e.op("Gemm", [q, r_t, e.op("Mul", [dh, steps[t].z])])
+
+    gh = _reverse_h(e, steps, pos, mf, gy_out, gy_hs_last, zero_output, through)
     none = [None, None, None] + [None] * len(tape.extra_inputs()) + ([None] * T if masked else [])
     if all(x is None for x in gh):
         return none
@@ -394,24 +406,8 @@ def _rnn_rule(g: GradContext, n, gy):
     mf = None
     if masked:
         mf = _unstack(e, e.op("Cast", [_stack(e, [steps[t].m for t in order])], to=onnx.TensorProto.FLOAT), T)
-    gh: list[str | None] = [None] * T
-    dh_rec = None
-    for t in range(T - 1, -1, -1):
-        last, j = t == T - 1, pos[t]
-        g_hs = _total(e, [None if zero_output else gy_out[t], dh_rec, gy_hs_last if last else None])
-        pass_h = None
-        if masked:
-            new_h = e.op("Mul", [g_hs, mf[j]]) if g_hs is not None else None
-            dh = _total(e, [new_h, e.op("Mul", [gy_out[t], mf[j]]) if zero_output and gy_out[t] is not None else None])
-            if t > 0 and g_hs is not None:
-                pass_h = e.op("Sub", [g_hs, new_h])
-        else:
-            dh = g_hs
-        gh[t] = dh
-        if dh is None or t == 0:
-            dh_rec = pass_h
-            continue
-        dh_rec = _total(e, [e.op("MatMul", [e.op("Mul", [dh, a_t[j]]), r_t]), pass_h])
+    gh = _reverse_h(e, steps, pos, mf, gy_out, gy_hs_last, zero_output,
+                    lambda t, j, dh: e.op("MatMul", [e.op("Mul", [dh, a_t[j]]), r_t]))
     if all(x is None for x in gh):
         return [None, None] + ([None] * T if masked else [])
     dz = e.op("Mul", [_stack(e, [gh[t] if gh[t] is not None else zero for t in order]), a])   # [T * b, u]
