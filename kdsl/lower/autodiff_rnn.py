@@ -59,12 +59,24 @@ __all__ = ["LSTMTape", "GRUTape", "RNNTape", "fuse"]
 
 
 @dataclass
-class LSTMStep:
-    """One step's values (each ``[b, .]``): its projected input ``x`` (an output of the
+class _Step:
+    """What every step records besides its cell's values: with a mask, ``m`` (bool ``[b, 1]``),
+    the state ``hs`` after the step and its output ``out`` (``hs``, or the new h with masked rows
+    zeroed, in a Bidirectional); without, both are the step's new ``h`` (a subclass field)."""
+    m: str | None = field(default=None, kw_only=True)
+    hs: str = field(default="", kw_only=True)
+    out: str = field(default="", kw_only=True)
+
+    def __post_init__(self):
+        self.hs, self.out = self.hs or self.h, self.out or self.h
+
+
+@dataclass
+class LSTMStep(_Step):
+    """One LSTM step's values (each ``[b, .]``): its projected input ``x`` (an output of the
     projection's ``Split``), the gates ``i``, ``o``, ``f`` (sigmoid), ``g = tanh(z_c)``, the new
-    cell ``c``, ``tc = tanh(c)`` and the new ``h``. With a mask: ``m`` (bool ``[b, 1]``), the
-    states ``hs``, ``cs`` after the step and its output ``out`` (``hs``, or the new h with
-    masked rows zeroed); without, these are ``h``, ``c`` and ``h``."""
+    cell ``c``, ``tc = tanh(c)`` and the new ``h``; with a mask, also the cell state ``cs`` after
+    the step (else ``c``)."""
     x: str
     i: str
     o: str
@@ -73,22 +85,19 @@ class LSTMStep:
     c: str
     tc: str
     h: str
-    m: str | None = None
-    hs: str = ""
-    cs: str = ""
-    out: str = ""
+    cs: str = field(default="", kw_only=True)
 
     def __post_init__(self):
-        self.hs, self.cs, self.out = self.hs or self.h, self.cs or self.c, self.out or self.h
+        super().__post_init__()
+        self.cs = self.cs or self.c
 
 
 @dataclass
-class GRUStep:
+class GRUStep(_Step):
     """One GRU step's values (each ``[b, .]``): its projected inputs ``xzr`` and ``xh`` (outputs
     of the projections' ``Split``s), the gates ``z``, ``r``, the candidate ``hh``, ``rec`` (what
     ``r`` multiplies: ``h_prev @ R_h + b_rh``; at the first step ``b_rh`` alone ``[1, u]``, or
-    None without a bias) and the new ``h``; with a mask ``m``, the state ``hs`` after the step and
-    the output ``out``, as for :class:`LSTMStep`."""
+    None without a bias) and the new ``h``."""
     xzr: str
     xh: str
     z: str
@@ -96,27 +105,14 @@ class GRUStep:
     hh: str
     rec: str | None
     h: str
-    m: str | None = None
-    hs: str = ""
-    out: str = ""
-
-    def __post_init__(self):
-        self.hs, self.out = self.hs or self.h, self.out or self.h
 
 
 @dataclass
-class RNNStep:
+class RNNStep(_Step):
     """One SimpleRNN step's values (each ``[b, .]``): its projected input ``x`` and the new
-    ``h = tanh(x + h_prev @ R)``; with a mask ``m``, the state ``hs`` after the step and the
-    output ``out``, as for :class:`LSTMStep`."""
+    ``h = tanh(x + h_prev @ R)``."""
     x: str
     h: str
-    m: str | None = None
-    hs: str = ""
-    out: str = ""
-
-    def __post_init__(self):
-        self.hs, self.out = self.hs or self.h, self.out or self.h
 
 
 @dataclass
@@ -299,119 +295,112 @@ def _lstm_rule(g: GradContext, n, gy):
     return [d_xp, d_rt] + ([None] * T if masked else [])
 
 
-def _reverse_h(e: Emitter, steps: list, pos: dict, mf, gy_out: list, gy_hs_last, zero_output: bool,
-               through) -> list[str | None]:
-    """The reverse loop of a cell with one state h (GRU, SimpleRNN): the gradient reaching each
-    step's new h, in processing order. ``through(t, j, dh)`` emits the gradient that step ``t``
-    (time index ``j``) passes to the previous h; with masks (``mf``: float ``[b, 1]`` per time
-    index) a state ``Where(m, new, old)`` gives ``m * g`` to the new h and ``(1 - m) * g`` to the
-    old, and a Bidirectional half's output ``Where(m, h_new, 0)`` (``zero_output``) only the new."""
-    T = len(steps)
-    gh: list[str | None] = [None] * T
-    dh_rec = None
-    for t in range(T - 1, -1, -1):
-        last, j = t == T - 1, pos[t]
-        g_hs = _total(e, [None if zero_output else gy_out[t], dh_rec, gy_hs_last if last else None])
-        pass_h = None
-        if mf is not None:
-            new_h = e.op("Mul", [g_hs, mf[j]]) if g_hs is not None else None
-            dh = _total(e, [new_h, e.op("Mul", [gy_out[t], mf[j]]) if zero_output and gy_out[t] is not None else None])
-            if t > 0 and g_hs is not None:
-                pass_h = e.op("Sub", [g_hs, new_h])
-        else:
-            dh = g_hs
-        gh[t] = dh
-        dh_rec = pass_h if dh is None or t == 0 else _total(e, [through(t, j, dh), pass_h])
-    return gh
+class _OneState:
+    """What the GRU and SimpleRNN rules share (cells with one state h): the fused node's output
+    gradients, the bulk helpers in time order (the order of the projections' pieces; ``pos[t]`` is
+    the time index of processing step ``t``), the previous states and the float masks."""
+
+    def __init__(self, g: GradContext, n, gy, x_of):
+        self.tape = tape = g.records[n.name]
+        self.e = e = g.e
+        self.steps, self.T = tape.steps, len(tape.steps)
+        self.one = e.const(np.ones((1, 1), np.float32), hint="one")
+        self.zero = e.op("Mul", [self.steps[0].hs, e.const(np.zeros((1, 1), np.float32), hint="zero")])   # [b, u]
+        self.zero_output = self.steps[-1].out != self.steps[-1].hs   # outputs Where(m, h_new, 0)
+        self.gy_out = list(gy[:self.T])
+        self.gy_hs_last = gy[self.T] if self.zero_output else None
+        at = {x_of(s): t for t, s in enumerate(self.steps)}
+        self.order = [at[x] for x in tape.projections[0][1]]
+        self.pos = {t: j for j, t in enumerate(self.order)}
+        self.masked = self.steps[0].m is not None
+        self.mf = _unstack(e, e.op("Cast", [self.stack(lambda t: self.steps[t].m)], to=onnx.TensorProto.FLOAT),
+                           self.T) if self.masked else None
+        self.h_prev = self.stack(lambda t: self.steps[t - 1].hs if t > 0 else self.zero)
+        self.wants_rt = self.T > 1 and tape.rt in getattr(g, "active", {tape.rt})
+
+    def stack(self, value_of) -> str:
+        """``[T * b, .]``: ``value_of(t)`` of every processing step ``t``, in time order."""
+        return _stack(self.e, [value_of(t) for t in self.order])
+
+    def no_masks(self) -> list:
+        """The gradients of the mask inputs (none)."""
+        return [None] * self.T if self.masked else []
+
+    def reverse(self, through) -> str | None:
+        """The reverse loop: the gradients reaching each step's new h, stacked in time order
+        (``None`` if none does). ``through(t, j, dh)`` emits the gradient that step ``t`` (time
+        index ``j``) passes to the previous h. With masks a state ``Where(m, new, old)`` gives
+        ``m * g`` to the new h and ``(1 - m) * g`` to the old, and a Bidirectional half's output
+        ``Where(m, h_new, 0)`` only the new."""
+        e, mf, gy_out = self.e, self.mf, self.gy_out
+        gh: list[str | None] = [None] * self.T
+        dh_rec = None
+        for t in range(self.T - 1, -1, -1):
+            j = self.pos[t]
+            last = t == self.T - 1
+            g_hs = _total(e, [None if self.zero_output else gy_out[t], dh_rec, self.gy_hs_last if last else None])
+            pass_h = None
+            if mf is not None:
+                new_h = e.op("Mul", [g_hs, mf[j]]) if g_hs is not None else None
+                dh = _total(e, [new_h, e.op("Mul", [gy_out[t], mf[j]])
+                                if self.zero_output and gy_out[t] is not None else None])
+                if t > 0 and g_hs is not None:
+                    pass_h = e.op("Sub", [g_hs, new_h])
+            else:
+                dh = g_hs
+            gh[t] = dh
+            dh_rec = pass_h if dh is None or t == 0 else _total(e, [through(t, j, dh), pass_h])
+        if all(x is None for x in gh):
+            return None
+        return self.stack(lambda t: gh[t] if gh[t] is not None else self.zero)
 
 
 @register(GRUTape.op_type)
 def _gru_rule(g: GradContext, n, gy):
-    tape = g.records[n.name]
-    e = g.e
-    steps, T, u = tape.steps, len(tape.steps), tape.units
-    one = e.const(np.ones((1, 1), np.float32), hint="one")
-    masked = steps[0].m is not None
-    zero_output = steps[-1].out != steps[-1].hs
-    gy_out = list(gy[:T])
-    gy_hs_last = gy[T] if zero_output else None
-    zero = e.op("Mul", [steps[0].hs, e.const(np.zeros((1, 1), np.float32), hint="zero")])   # [b, u]
-
-    # bulk values in time order (the order of the projections' pieces); pos[t]: the time index
-    # of processing step t
-    at = {s.xzr: t for t, s in enumerate(steps)}
-    order = [at[x] for x in tape.projections[0][1]]
-    pos = {t: j for j, t in enumerate(order)}
+    c = _OneState(g, n, gy, lambda s: s.xzr)
+    e, steps, one, zero = c.e, c.steps, c.one, c.zero
 
     def rec_of(t):
         r = steps[t].rec
         return zero if r is None else e.op("Add", [zero, r]) if t == 0 else r
 
-    z = _stack(e, [steps[t].z for t in order])
-    r = _stack(e, [steps[t].r for t in order])
-    hh = _stack(e, [steps[t].hh for t in order])
-    rec = _stack(e, [rec_of(t) for t in order])
-    h_prev = _stack(e, [steps[t - 1].hs if t > 0 else zero for t in order])
+    z, r, hh = (c.stack(lambda t, k=k: getattr(steps[t], k)) for k in ("z", "r", "hh"))
+    rec = c.stack(rec_of)
     omz = e.op("Sub", [one, z])
-    a1 = e.op("Mul", [e.op("Sub", [h_prev, hh]), e.op("Mul", [z, omz])])
+    a1 = e.op("Mul", [e.op("Sub", [c.h_prev, hh]), e.op("Mul", [z, omz])])
     a2 = e.op("Mul", [omz, e.op("Sub", [one, e.op("Mul", [hh, hh])])])
     a4 = e.op("Mul", [a2, r])
     a3 = e.op("Mul", [e.op("Mul", [a4, rec]), e.op("Sub", [one, r])])
-    a_parts = [_unstack(e, a, T) for a in (a1, a3, a4)]
-    r_t = e.transpose(tape.rt, [1, 0])                               # [3u, u]
-    mf = None
-    if masked:
-        mf = _unstack(e, e.op("Cast", [_stack(e, [steps[t].m for t in order])], to=onnx.TensorProto.FLOAT), T)
+    a_parts = [_unstack(e, a, c.T) for a in (a1, a3, a4)]
+    r_t = e.transpose(c.tape.rt, [1, 0])                             # [3u, u]
 
     def through(t, j, dh):   # the gradient of h_prev from step t: q @ R^T + g * z_t
         q = e.op("Mul", [e.op("Concat", [dh, dh, dh], axis=-1), e.op("Concat", [a[j] for a in a_parts], axis=-1)])
         return e.op("Gemm", [q, r_t, e.op("Mul", [dh, steps[t].z])])
 
-    gh = _reverse_h(e, steps, pos, mf, gy_out, gy_hs_last, zero_output, through)
-    none = [None, None, None] + [None] * len(tape.extra_inputs()) + ([None] * T if masked else [])
-    if all(x is None for x in gh):
-        return none
-    gs = _stack(e, [gh[t] if gh[t] is not None else zero for t in order])   # [T * b, u], time order
+    gs = c.reverse(through)                                          # [T * b, u], time order
+    if gs is None:
+        return [None, None, None] + [None] * len(c.tape.extra_inputs()) + c.no_masks()
     p1, p3, p4 = (e.op("Mul", [gs, a]) for a in (a1, a3, a4))
-    d_xzr = e.op("Concat", [p1, p3], axis=-1)
-    d_xh = e.op("Mul", [gs, a2])
-    d_rt = None
-    if T > 1 and tape.rt in getattr(g, "active", {tape.rt}):
-        d_rt = e.op("MatMul", [e.transpose(h_prev, [1, 0]), e.op("Concat", [p1, p3, p4], axis=-1)])   # [u, 3u]
-    grads = [d_xzr, d_xh, d_rt]
-    if tape.rb:
-        grads.append(e.reduce("ReduceSum", p4, [0], keepdims=True))                    # [1, u]
-    return grads + ([None] * T if masked else [])
+    d_rt = e.op("MatMul", [e.transpose(c.h_prev, [1, 0]), e.op("Concat", [p1, p3, p4], axis=-1)]) \
+        if c.wants_rt else None                                      # [u, 3u]
+    grads = [e.op("Concat", [p1, p3], axis=-1), e.op("Mul", [gs, a2]), d_rt]
+    if c.tape.rb:
+        grads.append(e.reduce("ReduceSum", p4, [0], keepdims=True))  # [1, u]
+    return grads + c.no_masks()
 
 
 @register(RNNTape.op_type)
 def _rnn_rule(g: GradContext, n, gy):
-    tape = g.records[n.name]
-    e = g.e
-    steps, T = tape.steps, len(tape.steps)
-    one = e.const(np.ones((1, 1), np.float32), hint="one")
-    masked = steps[0].m is not None
-    zero_output = steps[-1].out != steps[-1].hs
-    gy_out = list(gy[:T])
-    gy_hs_last = gy[T] if zero_output else None
-    zero = e.op("Mul", [steps[0].hs, e.const(np.zeros((1, 1), np.float32), hint="zero")])   # [b, u]
-    at = {s.x: t for t, s in enumerate(steps)}
-    order = [at[x] for x in tape.projections[0][1]]                  # time order -> processing step
-    pos = {t: j for j, t in enumerate(order)}
-    h = _stack(e, [steps[t].h for t in order])
-    h_prev = _stack(e, [steps[t - 1].hs if t > 0 else zero for t in order])
-    a = e.op("Sub", [one, e.op("Mul", [h, h])])
-    a_t = _unstack(e, a, T)
-    r_t = e.transpose(tape.rt, [1, 0])                               # [u, u]
-    mf = None
-    if masked:
-        mf = _unstack(e, e.op("Cast", [_stack(e, [steps[t].m for t in order])], to=onnx.TensorProto.FLOAT), T)
-    gh = _reverse_h(e, steps, pos, mf, gy_out, gy_hs_last, zero_output,
-                    lambda t, j, dh: e.op("MatMul", [e.op("Mul", [dh, a_t[j]]), r_t]))
-    if all(x is None for x in gh):
-        return [None, None] + ([None] * T if masked else [])
-    dz = e.op("Mul", [_stack(e, [gh[t] if gh[t] is not None else zero for t in order]), a])   # [T * b, u]
-    d_rt = None
-    if T > 1 and tape.rt in getattr(g, "active", {tape.rt}):
-        d_rt = e.op("MatMul", [e.transpose(h_prev, [1, 0]), dz])
-    return [dz, d_rt] + ([None] * T if masked else [])
+    c = _OneState(g, n, gy, lambda s: s.x)
+    e = c.e
+    h = c.stack(lambda t: c.steps[t].h)
+    a = e.op("Sub", [c.one, e.op("Mul", [h, h])])                    # tanh' = 1 - h^2
+    a_t = _unstack(e, a, c.T)
+    r_t = e.transpose(c.tape.rt, [1, 0])                             # [u, u]
+    gs = c.reverse(lambda t, j, dh: e.op("MatMul", [e.op("Mul", [dh, a_t[j]]), r_t]))
+    if gs is None:
+        return [None, None] + c.no_masks()
+    dz = e.op("Mul", [gs, a])                                        # [T * b, u]
+    d_rt = e.op("MatMul", [e.transpose(c.h_prev, [1, 0]), dz]) if c.wants_rt else None
+    return [dz, d_rt] + c.no_masks()

@@ -160,8 +160,8 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, training: bool = False
     inputs = [value_info(n, t) for n, t in input_types(graph, skip_host_preprocessing)]
     ranks = {n: len(i.dims) for n, i in e.initializers.items()} | \
         {vi.name: len(vi.type.tensor_type.shape.dim) for vi in inputs}
-    e.nodes[:] = eliminate_common_subexpressions(transpose_gather_indices(e.nodes, e, ranks, [o.name for o in outputs]),
-                                                 [o.name for o in outputs])
+    keep = [o.name for o in outputs]
+    e.nodes[:] = eliminate_common_subexpressions(transpose_gather_indices(e.nodes, e, ranks, keep), keep)
     out_set = set(out_names) | graph_inputs
     produced = {o for nd in e.nodes for o in nd.output}
     infos = [value_info(renames.get(n, n), t) for n, t in ctx.types.items()

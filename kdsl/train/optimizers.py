@@ -129,29 +129,26 @@ class Optimizer:
         if not params:
             return []
         grads = self._clip(e, [g for _, g, _ in params])
-        out: list = [None] * len(params)
         size = {w: int(np.prod(shapes[w])) for w, _, _ in params} if shapes else {}
         small = [k for k, (w, _, _) in enumerate(params) if 0 < size.get(w, 0) <= GROUP_MAX]
-        if len(small) < 2:
-            small = []
-        for k, ((w, _, slots), g) in enumerate(zip(params, grads)):
-            if k not in small:
-                out[k] = self._update_one(e, w, g, slots, lr, step)
+        small = small if len(small) >= 2 else []
+        out: list = [None if k in small else self._update_one(e, w, g, slots, lr, step)
+                     for k, ((w, _, slots), g) in enumerate(zip(params, grads))]
         if small:
+            shape_of = [shapes[params[k][0]] for k in small]
+
             def cat(names):
-                flat = [n if len(shapes[params[k][0]]) == 1 else e.reshape(n, [-1]) for k, n in zip(small, names)]
-                return e.op("Concat", flat, axis=0)
+                return e.op("Concat", [n if len(sh) == 1 else e.reshape(n, [-1]) for n, sh in zip(names, shape_of)],
+                            axis=0)
 
             def uncat(name):
-                parts = e.op("Split", [name, e.ints([size[params[k][0]] for k in small])], n_out=len(small), axis=0)
-                return [p if len(shapes[params[k][0]]) == 1 else e.reshape(p, list(shapes[params[k][0]]))
-                        for k, p in zip(small, parts)]
+                parts = e.op("Split", [name, e.ints([int(np.prod(sh)) for sh in shape_of])], n_out=len(small), axis=0)
+                return [p if len(sh) == 1 else e.reshape(p, list(sh)) for p, sh in zip(parts, shape_of)]
 
-            keys = list(params[small[0]][2])
-            new_w, new_slots = self._update_one(e, cat([params[k][0] for k in small]), cat([grads[k] for k in small]),
-                                                {s: cat([params[k][2][s] for k in small]) for s in keys}, lr, step)
-            ws = uncat(new_w)
-            per_slot = {s: uncat(new_slots[s]) for s in new_slots}
+            new_w, new_slots = self._update_one(
+                e, cat([params[k][0] for k in small]), cat([grads[k] for k in small]),
+                {s: cat([params[k][2][s] for k in small]) for s in params[small[0]][2]}, lr, step)
+            ws, per_slot = uncat(new_w), {s: uncat(v) for s, v in new_slots.items()}
             for i, k in enumerate(small):
                 out[k] = (ws[i], {s: v[i] for s, v in per_slot.items()})
         return out
