@@ -166,13 +166,13 @@ class _EpochTimer:
 
 
 # -- kdsl ---------------------------------------------------------------------------------------------
-def load_kdsl(model_key: str, provider: str):
+def load_kdsl(model_key: str, provider: str, cuda_graph: bool | None = None):
     import kdsl
 
     model = kdsl.load(MODELS[model_key])
     cfg = model.train_config
     model.compile(optimizer=cfg.optimizer, loss=cfg.loss, loss_weights=cfg.loss_weights,
-                  metrics=cfg.metrics or None, providers=provider)
+                  metrics=cfg.metrics or None, providers=provider, cuda_graph=cuda_graph)
     return model
 
 
@@ -206,6 +206,9 @@ class KdslRunner(Runner):
         self.extra["intra_op"] = trainer.train_sess.get_session_options().intra_op_num_threads
         self.extra["nodes"] = len(trainer.program.train.graph.node)
         self.note = f"onnxruntime {trainer.providers[0]}"
+        if trainer.device == "cuda":
+            self.note += (", step captured as a CUDA graph" if trainer.captured
+                          else f"; no CUDA graph: {trainer.static_note or '--cuda-graph off'}")
         self.available = True
 
     def epoch(self):
@@ -589,6 +592,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="default: 128 for mlp and cnn, 64 for lstm")
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
                     help="onnxruntime execution provider for kdsl; PyTorch and JAX use the same device")
+    ap.add_argument("--cuda-graph", choices=["auto", "off"], default="auto",
+                    help="with --provider cuda: capture kdsl's training step as a CUDA graph where "
+                         "onnxruntime allows it (auto, the default) or never (off)")
     ap.add_argument("--models", default="mlp,cnn,lstm", help="comma-separated subset of: mlp, cnn, lstm")
     ap.add_argument("--torch-loss", choices=["keras", "nll"], default="keras",
                     help="PyTorch loss form: 'keras' = log of the clamped softmax probabilities, as kdsl "
@@ -634,7 +640,7 @@ def main(argv=None) -> int:
         margs.samples = args.samples or DEFAULTS[key][1]
         x, y, src = load_text_data(margs.samples) if key == "lstm" else load_data(margs.samples, args.seed)
         print(f"{key}: {src}; {len(x)} samples, batch {margs.batch_size}")
-        model = load_kdsl(key, args.provider)
+        model = load_kdsl(key, args.provider, None if args.cuda_graph == "auto" else False)
         init = [np.array(w) for w in model.get_weights()]
         baselines = [TorchRunner, KerasRunner]
         runners = [KdslRunner(model, x, y, margs)] + [

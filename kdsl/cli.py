@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "strings, under the same input name, and works at opset 17-19 too")
     p.add_argument("--no-training-graphs", action="store_true",
                    help="do not write the training graphs for a model with a train section")
+    p.add_argument("--training-device", choices=["cpu", "cuda"], default="cpu",
+                   help="build the training graphs for onnxruntime on this device (cuda: ops its CUDA "
+                        "provider has, ONNX's LSTM op for LSTMs at the train section's batch size up to 128)")
     p.add_argument("--ort-training-artifacts", nargs="?", const="", default=None, metavar="DIR",
                    help="also write onnxruntime-training's artifacts (training/eval/optimizer models, checkpoint) "
                         "into DIR (default <output dir>/<model>.ort-training); needs a train section and "
@@ -126,7 +129,7 @@ def cmd_compile(args) -> int:
     if model.train_config is not None and not args.no_training_graphs:
         from .train.export import export_training_graphs
 
-        written = export_training_graphs(model, os.path.dirname(path) or ".", opset)
+        written = export_training_graphs(model, os.path.dirname(path) or ".", opset, device=args.training_device)
         print("wrote " + ", ".join(written) + "  (portable training graphs, see docs/training_graph.md)")
     if args.ort_training_artifacts is not None:
         from .runtime.ort_training import generate_ort_artifacts

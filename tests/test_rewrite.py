@@ -1,5 +1,6 @@
 """Graph rewrites that keep every value (kdsl.lower.rewrite)."""
 import numpy as np
+import pytest
 
 from helpers import assert_close
 
@@ -29,3 +30,44 @@ def test_repeated_nodes_are_merged_and_the_values_kept():
                                    .SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert_close(y, -2 * np.abs(x))
     assert_close(out2, np.abs(x))
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_wide_concat_and_split_become_two_levels(opset):
+    """limit_arity: Concats of more than 32 inputs and Splits of more than 32 outputs (equal, or
+    with constant sizes) become nodes of at most 32 over consecutive pieces, with the same values;
+    an equal Split whose count does not factor (37) stays; 1,100 inputs take three levels."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from kdsl.lower.rewrite import limit_arity
+
+    n = helper.make_node
+    eq = {"num_outputs": 200} if opset >= 18 else {}
+    sizes = [1] * 60 + [14] * 10
+    nodes = [n("Split", ["x"], [f"s{i}" for i in range(200)], axis=0, name="eq", **eq),
+             n("Concat", [f"s{199 - i}" for i in range(200)], ["y"], axis=0, name="rev"),
+             n("Constant", [], ["sz"], value=helper.make_tensor("sz", TensorProto.INT64, [70], sizes)),
+             n("Split", ["y", "sz"], [f"t{i}" for i in range(70)], axis=0, name="sized"),
+             n("Concat", [f"t{69 - i}" for i in range(70)], ["z"], axis=0, name="back"),
+             n("Split", ["w"], [f"p{i}" for i in range(37)], axis=1, name="prime",
+               **({"num_outputs": 37} if opset >= 18 else {})),
+             n("Concat", [f"p{i % 37}" for i in range(1100)], ["v"], axis=1, name="wide")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [200, 3]),
+                                       helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 37])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [200, 3]),
+                           helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 1100])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    feeds = {"x": np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32),
+             "w": np.arange(74, dtype=np.float32).reshape(2, 37)}
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    limit_arity(m.graph)
+    onnx.checker.check_model(m, full_check=True)
+    wide = [(nd.name, len(nd.input), len(nd.output)) for nd in m.graph.node if max(len(nd.input), len(nd.output)) > 32]
+    assert wide == [("prime", 1, 37)]
+    # 200 inputs: 7 parts + 1; 70: 3 + 1; 1,100: 35 parts, whose 35 take 2 more + 1
+    assert len([nd for nd in m.graph.node if nd.op_type == "Concat"]) == (7 + 1) + (3 + 1) + (35 + 2 + 1)
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)

@@ -45,8 +45,10 @@ def register(*op_types: str):
 class GradContext:
     """What a VJP rule sees: the emitter, value shapes, and helpers for common patterns."""
 
-    def __init__(self, e: Emitter, shapes: dict[str, tuple], dtypes: dict[str, int]):
+    def __init__(self, e: Emitter, shapes: dict[str, tuple], dtypes: dict[str, int], device: str = "cpu"):
         self.e = e
+        #: where the graph will run ("cpu", "cuda"): a rule may pick the ops that device runs well
+        self.device = device
         #: gradient name -> the Relu output it is already masked for (its rule then passes it on)
         self.masked_for: dict[str, str] = {}
         self.producer: dict[str, onnx.NodeProto] = {}
@@ -121,11 +123,13 @@ def _accumulate(e: Emitter, parts: list[str]) -> str:
 
 def backprop(e: Emitter, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Iterable[str],
              shapes: dict[str, tuple], dtypes: dict[str, int] | None = None,
-             seed: str | None = None, records: dict | None = None) -> dict[str, str | None]:
+             seed: str | None = None, records: dict | None = None,
+             device: str = "cpu") -> dict[str, str | None]:
     """Emit the gradients of scalar ``loss`` with respect to each name in ``wrt``.
 
     ``records``: what rules for nodes that stand for several forward nodes need, by node name
-    (the fused recurrent layers' tapes, see :mod:`kdsl.lower.autodiff_rnn`).
+    (the fused recurrent layers' tapes, see :mod:`kdsl.lower.autodiff_rnn`). ``device``: where
+    the graph will run (``"cpu"``, ``"cuda"``); some rules choose their ops by it.
 
     Only nodes on a path from ``wrt`` to ``loss`` are differentiated. Returns
     ``{name: gradient name or None}`` (``None``: the loss does not depend on it).
@@ -151,7 +155,7 @@ def backprop(e: Emitter, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Iterab
         if any(i in depends_on_wrt for i in n.input):
             depends_on_wrt.update(n.output)
     active = depends_on_wrt & reaches_loss
-    g = GradContext(e, shapes, dtypes or {})
+    g = GradContext(e, shapes, dtypes or {}, device)
     g.active = active          # rules may skip gradients of inputs nothing needs
     g.producer = producer      # rules may look at how their input was made
     g.records = records or {}

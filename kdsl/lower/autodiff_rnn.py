@@ -55,7 +55,9 @@ from onnx import helper
 from .autodiff import GradContext, register
 from .emitter import Emitter
 
-__all__ = ["LSTMTape", "GRUTape", "RNNTape", "fuse"]
+__all__ = ["LSTMTape", "GRUTape", "RNNTape", "fuse", "lstm_forward_as_op"]
+
+_INT64_MIN = np.iinfo(np.int64).min
 
 
 @dataclass
@@ -127,6 +129,9 @@ class _Tape:
     steps: list = field(default_factory=list)
     name: str = ""
     projections: list[tuple[str, list[str]]] = field(default_factory=list)
+    #: the steps' values already stacked in processing order (``[T * b, u]``), by LSTMStep field
+    #: name (and ``c_prev``), where a rewrite made them in bulk; the rule stacks the others
+    bulk: dict[str, str] = field(default_factory=dict)
     #: the fused node's op type: only ever seen by backprop, never written to a graph
     op_type: ClassVar[str] = ""
 
@@ -226,20 +231,25 @@ def _lstm_rule(g: GradContext, n, gy):
     zero = e.op("Mul", [steps[0].cs, e.const(np.zeros((1, 1), np.float32), hint="zero")])   # [b, u]
 
     def bulk(name):
-        return _stack(e, [getattr(s, name) for s in steps])
+        return tape.bulk.get(name) or _stack(e, [getattr(s, name) for s in steps])
 
     def dsig(s):   # s * (1 - s)
         return e.op("Mul", [s, e.op("Sub", [one, s])])
 
     # local derivatives of all steps at once ([T * b, u] each), then one piece per step
     i, o, f, gg, tc = (bulk(k) for k in ("i", "o", "f", "g", "tc"))
-    c_prev = _stack(e, [zero] + [s.cs for s in steps[:-1]])           # c_{t-1}, zeros before the first
+    c_prev = tape.bulk.get("c_prev") or _stack(e, [zero] + [s.cs for s in steps[:-1]])   # zeros before the first
     a_i = e.op("Mul", [gg, dsig(i)])
     a_o = e.op("Mul", [tc, dsig(o)])
     a_f = e.op("Mul", [c_prev, dsig(f)])
     a_g = e.op("Mul", [i, e.op("Sub", [one, e.op("Mul", [gg, gg])])])
     k = _unstack(e, e.op("Mul", [o, e.op("Sub", [one, e.op("Mul", [tc, tc])])]), T)
-    a_parts = [_unstack(e, a, T) for a in (a_i, a_o, a_f, a_g)]
+    if g.device == "cuda":
+        # a kernel launch costs more than the bytes it moves: one [T * b, 4u] stack, split once
+        a_steps = _unstack(e, e.op("Concat", [a_i, a_o, a_f, a_g], axis=-1), T)
+    else:   # the CPU keeps [T * b, u] stacks in cache and forms each step's A_t (see above)
+        a_parts = [_unstack(e, a, T) for a in (a_i, a_o, a_f, a_g)]
+        a_steps = [e.op("Concat", [a[t] for a in a_parts], axis=-1) for t in range(T)]
     r_t = e.transpose(tape.rt, [1, 0])                               # [4u, u]
     mf = _unstack(e, e.op("Cast", [bulk("m")], to=onnx.TensorProto.FLOAT), T) if masked else None
 
@@ -268,8 +278,7 @@ def _lstm_rule(g: GradContext, n, gy):
             continue
         if dh is None:
             dh = zero
-        a_t = e.op("Concat", [a[t] for a in a_parts], axis=-1)
-        dz[t] = e.op("Mul", [e.op("Concat", [dc, dh, dc, dc], axis=-1), a_t])
+        dz[t] = e.op("Mul", [e.op("Concat", [dc, dh, dc, dc], axis=-1), a_steps[t]])
         if t > 0:
             dh_rec = total([e.op("MatMul", [dz[t], r_t]), pass_h])
             dc_next = total([e.op("Mul", [dc, steps[t].f]), pass_c])
@@ -404,3 +413,76 @@ def _rnn_rule(g: GradContext, n, gy):
     dz = e.op("Mul", [gs, a])                                        # [T * b, u]
     d_rt = e.op("MatMul", [e.transpose(c.h_prev, [1, 0]), dz]) if c.wants_rt else None
     return [dz, d_rt] + c.no_masks()
+
+
+def lstm_forward_as_op(e: Emitter, tapes: dict[str, _Tape]) -> None:
+    """Rewrite ``e.nodes`` for onnxruntime's CUDA provider: the forward steps of each unmasked
+    LSTM tape (ten small kernels per step) become ONNX's ``LSTM`` op (cuDNN) on the projected
+    inputs, followed by a recomputation in bulk of what :func:`_lstm_rule` reads: the gates from
+    one ``MatMul`` of the previous outputs, and the cells ``c_t = f_t c_{t-1} + i_t g_t`` as a scan
+    over time in ``log2(T)`` rounds of ``[T, b, u]`` ops. The steps' names stay defined (one
+    ``Split`` per value), so the backward pass and the layer's consumers are unchanged; on the
+    GPU each node is a kernel launch, and this leaves a few dozen for the forward instead of
+    ``10 * T``. Tapes whose steps' values are read other than through their names are left as
+    they are."""
+    for tape in tapes.values():
+        if not isinstance(tape, LSTMTape) or len(tape.projections) != 1 or len(tape.steps) < 2 \
+                or tape.steps[0].m is not None:
+            continue
+        steps, T, u = tape.steps, len(tape.steps), tape.units
+        xp, xs = tape.projections[0]
+        pos = {x: k for k, x in enumerate(xs)}
+        order = [pos.get(st.x) for st in steps]
+        if order not in (list(range(T)), list(range(T - 1, -1, -1))):
+            continue
+        where = {o: k for k, n in enumerate(e.nodes) for o in n.output}
+        first, last = where.get(tape.first_node), where.get(tape.last_node)
+        if first is None or last is None or last < first:
+            continue
+        group = [n for n in e.nodes[first:last + 1] if n.op_type != "Constant"]
+        made = {getattr(st, k) for st in steps for k in ("i", "o", "f", "g", "c", "tc", "h")}
+        inside = {o for n in group for o in n.output}
+        rest = e.nodes[:first] + e.nodes[last + 1:]
+        if any(i in inside and i not in made for n in rest for i in n.input):
+            continue
+        start = len(e.nodes)
+        x3 = e.reshape(xp, [T, -1, 4 * u])                                 # time order
+        if order[0] != 0:                                                 # go_backwards
+            x3 = e.op("Slice", [x3, e.ints([-1]), e.ints([_INT64_MIN]), e.ints([0]), e.ints([-1])])
+        eye = e.const(np.eye(4 * u, dtype=np.float32)[None], hint="eye")  # the inputs are projected already
+        r = e.unsqueeze(e.transpose(tape.rt, [1, 0]), [0])                 # [1, 4u, u]
+        y3 = e.reshape(e.op("LSTM", [x3, eye, r], hidden_size=u), [T, -1, u])   # [T, b, u]
+
+        def shifted(v, d, fill):   # v[t - d] along time, ``fill`` for t < d
+            head = e.op("Slice", [v, e.ints([0]), e.ints([T - d]), e.ints([0])])
+            return e.op("Pad", [head, e.ints([d, 0, 0, 0, 0, 0]), e.scalar(fill)])
+
+        h_prev = e.reshape(shifted(y3, 1, 0.0), [-1, u])
+        z = e.op("Add", [e.reshape(x3, [-1, 4 * u]), e.op("MatMul", [h_prev, tape.rt])])
+        ziof, zc = e.op("Split", [z, e.ints([3 * u, u])], n_out=2, axis=-1)
+        i, o, f = e.op("Split", [e.op("Sigmoid", [ziof]), e.ints([u, u, u])], n_out=3, axis=-1)
+        g = e.op("Tanh", [zc])
+        # inclusive scan of the maps c -> a * c + v over time (Hillis-Steele): after the round of
+        # distance d, (a_t, v_t) compose the 2d steps up to t
+        a, v = e.reshape(f, [T, -1, u]), e.reshape(e.op("Mul", [i, g]), [T, -1, u])
+        d = 1
+        while d < T:
+            v = e.op("Add", [v, e.op("Mul", [a, shifted(v, d, 0.0)])])
+            if 2 * d < T:
+                a = e.op("Mul", [a, shifted(a, d, 1.0)])
+            d *= 2
+        c = e.reshape(v, [-1, u])
+        tc = e.op("Tanh", [c])
+        h = e.reshape(y3, [-1, u])
+        split = {"num_outputs": T} if e.opset >= 18 else {}
+        for key, stacked in (("i", i), ("o", o), ("f", f), ("g", g), ("c", c), ("tc", tc), ("h", h)):
+            e.nodes.append(helper.make_node("Split", [stacked], [getattr(st, key) for st in steps], axis=0,
+                                            name=e.fresh(f"{tape.name}/unstack_{key}"), **split))
+        tape.bulk = {"i": i, "o": o, "f": f, "g": g, "tc": tc,
+                     "c_prev": e.reshape(shifted(v, 1, 0.0), [-1, u])}
+        new = e.nodes[start:]
+        del e.nodes[start:]
+        kept = [n for n in e.nodes[first:last + 1] if n.op_type == "Constant"]
+        e.nodes[first:last + 1] = kept + new
+    # constants may have been made before (and be used by) the nodes put in earlier: first
+    e.nodes[:] = [n for n in e.nodes if n.op_type == "Constant"] + [n for n in e.nodes if n.op_type != "Constant"]

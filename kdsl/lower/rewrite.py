@@ -11,17 +11,22 @@ instead. These rewrites look across layers:
   dropped and its outputs read from the earlier node. The optimizer's step-dependent scalars
   (Adam's bias correction) are emitted per weight, the gradient rules ask for the same shapes
   again...: onnxruntime runs every node, and on small models a node costs more than its work.
+* ``limit_arity``: a ``Concat`` of more than 32 inputs or a ``Split`` of more than 32 outputs
+  becomes two levels of them. onnxruntime's CUDA kernels pass up to 32 pointers by value and copy
+  longer lists from host memory at each run, which a captured CUDA graph cannot hold (the
+  recurrent layers split and stack one piece per time step).
 """
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .emitter import Emitter
 
-__all__ = ["transpose_gather_indices", "eliminate_common_subexpressions"]
+__all__ = ["transpose_gather_indices", "eliminate_common_subexpressions", "limit_arity"]
 
 #: ops whose outputs are not a function of their inputs
 _RANDOM = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
@@ -118,3 +123,99 @@ def eliminate_common_subexpressions(nodes: Sequence[onnx.NodeProto], keep: Itera
             if mine:
                 rename[mine] = theirs
     return out
+
+
+def _groups(n: int, most: int) -> list[int] | None:
+    """Group sizes splitting ``n`` pieces into at most ``most`` groups of at most ``most`` each,
+    all equal (so that an equal ``Split`` can make them); None where no such grouping exists."""
+    fits = [k for k in range(2, most + 1) if n % k == 0 and n // k <= most]
+    if not fits:
+        return None
+    k = min(fits, key=lambda k: abs(k - n ** 0.5))
+    return [n // k] * k
+
+
+def limit_arity(graph: onnx.GraphProto, most: int = 32) -> None:
+    """Rewrite ``graph`` in place so that no ``Concat`` has more than ``most`` inputs and no
+    ``Split`` more than ``most`` outputs: each becomes an outer node over inner ones of
+    consecutive pieces (the same values). A ``Split`` is rewritten when its sizes are constant
+    (an initializer or a ``Constant`` node) or when it splits equally into a number of parts that
+    factors into two at most ``most``; others stay as they are."""
+    taken = {n for nd in graph.node for n in list(nd.input) + list(nd.output)}
+    taken |= {v.name for v in list(graph.input) + list(graph.output) + list(graph.initializer)}
+    taken |= {nd.name for nd in graph.node}
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for nd in graph.node:
+        if nd.op_type == "Constant" and nd.attribute and nd.attribute[0].name == "value":
+            consts[nd.output[0]] = numpy_helper.to_array(nd.attribute[0].t)
+
+    def fresh(base: str) -> str:
+        k = 0
+        while f"{base}_{k}" in taken:
+            k += 1
+        taken.add(f"{base}_{k}")
+        return f"{base}_{k}"
+
+    def sizes_const(values, base: str) -> tuple[str, onnx.NodeProto]:
+        name = fresh(base)
+        consts[name] = np.asarray(values, dtype=np.int64)
+        return name, helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
+            np.asarray(values, dtype=np.int64), name))
+
+    changed = True
+    while changed:
+        changed = False
+        out: list[onnx.NodeProto] = []
+        for nd in graph.node:
+            axis = _attr(nd, "axis", 0)
+            base = nd.name or nd.output[0]
+            if nd.op_type == "Concat" and len(nd.input) > most:
+                groups = [list(nd.input[i:i + most]) for i in range(0, len(nd.input), most)]
+                inner = []
+                for g, ins in enumerate(groups):
+                    inner.append(fresh(f"{nd.output[0]}/part{g}"))
+                    out.append(helper.make_node("Concat", ins, [inner[-1]], axis=axis,
+                                                name=fresh(f"{base}/part{g}")))
+                del nd.input[:]
+                nd.input.extend(inner)
+                out.append(nd)
+                changed = True
+            elif nd.op_type == "Split" and len(nd.output) > most:
+                n = len(nd.output)
+                sizes = consts.get(nd.input[1]) if len(nd.input) > 1 and nd.input[1] else None
+                if sizes is not None:
+                    sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
+                    bounds = list(range(0, n, most)) + [n]
+                else:
+                    per = _groups(n, most)
+                    if per is None:
+                        out.append(nd)
+                        continue
+                    bounds = list(range(0, n + 1, per[0]))
+                pieces = [(bounds[g], bounds[g + 1]) for g in range(len(bounds) - 1)]
+                parts = [fresh(f"{nd.input[0]}/part{g}") for g in range(len(pieces))]
+                attrs = {"axis": axis}
+                if sizes is not None:
+                    name, node = sizes_const([sum(sizes[a:b]) for a, b in pieces], f"{base}/sizes")
+                    out.append(node)
+                    out.append(helper.make_node("Split", [nd.input[0], name], parts, name=fresh(f"{base}/outer"), **attrs))
+                else:
+                    if _attr(nd, "num_outputs") is not None:
+                        attrs["num_outputs"] = len(pieces)
+                    out.append(helper.make_node("Split", [nd.input[0]], parts, name=fresh(f"{base}/outer"), **attrs))
+                for g, ((a, b), part) in enumerate(zip(pieces, parts)):
+                    ins = [part]
+                    inner_attrs = {"axis": axis}
+                    if sizes is not None:
+                        name, node = sizes_const(sizes[a:b], f"{base}/sizes{g}")
+                        out.append(node)
+                        ins.append(name)
+                    elif "num_outputs" in attrs:
+                        inner_attrs["num_outputs"] = b - a
+                    out.append(helper.make_node("Split", ins, list(nd.output[a:b]), name=fresh(f"{base}/inner{g}"),
+                                                **inner_attrs))
+                changed = True
+            else:
+                out.append(nd)
+        del graph.node[:]
+        graph.node.extend(out)

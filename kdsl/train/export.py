@@ -16,13 +16,16 @@ if TYPE_CHECKING:
 __all__ = ["export_training_graphs"]
 
 
-def export_training_graphs(model: "Model", out_dir: str, opset: int = 17) -> list[str]:
+def export_training_graphs(model: "Model", out_dir: str, opset: int = 17, device: str = "cpu") -> list[str]:
     """Write ``<model>.train.onnx``, ``<model>.eval.onnx``, ``<model>.state.npz`` and
-    ``<model>.train.json`` (the signature: which output feeds which input, hyper-parameters)."""
+    ``<model>.train.json`` (the signature: which output feeds which input, hyper-parameters),
+    the graphs built for onnxruntime on ``device`` (``"cpu"`` or ``"cuda"``)."""
     from ..lower.training import build_training
 
     model._ensure_compiled()
-    prog = build_training(model, model._setup, opset)
+    cfg = getattr(model, "train_config", None)
+    batch = (cfg.fit.get("batch_size") if cfg is not None else None) or 32      # fit's default
+    prog = build_training(model, model._setup, opset, device=device, batch_size=int(batch))
     base = os.path.join(out_dir, model.name)
     paths = [f"{base}.train.onnx", f"{base}.eval.onnx", f"{base}.state.npz", f"{base}.train.json"]
     atomic_write_bytes(paths[0], prog.train.SerializeToString())
@@ -31,9 +34,9 @@ def export_training_graphs(model: "Model", out_dir: str, opset: int = 17) -> lis
     np.savez(buf, **{s.name: s.value for s in prog.state})
     atomic_write_bytes(paths[2], buf.getvalue())
     opt = model.optimizer
-    cfg = getattr(model, "train_config", None)
     signature = {
         "model": model.name,
+        "device": device,
         "data_inputs": [n for n, _ in prog.data_inputs],
         "targets": {o: t for t, o, _ in prog.targets},
         "sample_weights": {o: w for w, o in prog.sample_weights},

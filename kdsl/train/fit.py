@@ -41,7 +41,8 @@ class TrainingMixin:
 
     # -- compile ---------------------------------------------------------------------------------
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None,
-                metrics: Any = None, providers=None, opset: int = 17, engine: str = "portable") -> None:
+                metrics: Any = None, providers=None, opset: int = 17, engine: str = "portable",
+                cuda_graph: bool | None = None) -> None:
         """Configure training, as ``keras.Model.compile``.
 
         Args:
@@ -54,6 +55,11 @@ class TrainingMixin:
             engine: ``"portable"`` (kdsl's own ONNX training graphs, default) or
                 ``"ort-training"`` (onnxruntime-training's artifacts and training API; it supports
                 fewer layers and refuses the others, naming them).
+            cuda_graph: with the CUDA provider, capture the training step once as a CUDA graph
+                and replay it (onnxruntime's ``enable_cuda_graph``): one launch per step instead
+                of one per node. ``None`` (default): where onnxruntime allows it, else plain
+                runs; ``True``: required (an error names what stops it); ``False``: never. The
+                last, smaller batch of an epoch runs uncaptured.
         """
         from ..lower.training import TrainSetup
         from .losses import get_loss
@@ -79,6 +85,8 @@ class TrainingMixin:
         if engine not in ("portable", "ort-training"):
             raise KdslError(f'Unknown training engine. Received: engine={engine!r}; expected "portable" or '
                             '"ort-training".')
+        if cuda_graph and engine != "portable":
+            raise KdslError(f'cuda_graph=True needs engine="portable". Received: engine={engine!r}.')
         if engine == "ort-training":
             from ..runtime.ort_training import check_supported, require_ort_training
 
@@ -86,6 +94,7 @@ class TrainingMixin:
             check_supported(self, self._setup)
         self._engine = engine
         self._providers = providers
+        self._cuda_graph = cuda_graph
         self._opset = opset
         self._trainer = None
         self._compile_record = {"optimizer": optimizer, "loss": loss, "loss_weights": loss_weights,
@@ -101,7 +110,7 @@ class TrainingMixin:
         self.compile(optimizer=cfg.optimizer, loss=cfg.loss, loss_weights=cfg.loss_weights,
                      metrics=cfg.metrics or None)
 
-    def _get_trainer(self):
+    def _get_trainer(self, batch_size: int | None = None):
         from ..runtime.trainer import Trainer
 
         self._ensure_compiled()
@@ -111,7 +120,8 @@ class TrainingMixin:
 
                 self._trainer = OrtTrainingEngine(self, self._setup, self._providers, self._opset)
             else:
-                self._trainer = Trainer(self, self._setup, self._providers, self._opset)
+                self._trainer = Trainer(self, self._setup, self._providers, self._opset,
+                                        cuda_graph=getattr(self, "_cuda_graph", None), batch_size=batch_size)
             pending = getattr(self, "_pending_slots", None)
             if pending:
                 self._trainer.reset_state(pending)
@@ -136,8 +146,8 @@ class TrainingMixin:
         from ..callbacks import CallbackList
         from ..runtime.trainer import EpochAggregator, steps_for
 
-        trainer = self._get_trainer()
         batch_size = int(self._fit_default("batch_size", batch_size))
+        trainer = self._get_trainer(batch_size)
         epochs = int(self._fit_default("epochs", epochs))
         validation_split = float(self._fit_default("validation_split", validation_split))
         shuffle = bool(self._fit_default("shuffle", shuffle))

@@ -54,7 +54,7 @@ def _as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
         gradcheck.FLOAT32_ONLY.update(saved)
 
 
-def op_graph(build, inputs: dict, wrt, opset=17, prepare=False, prune=False):
+def op_graph(build, inputs: dict, wrt, opset=17, prepare=False, prune=False, device="cpu"):
     """(model, grad output names, output shape): loss = sum(build(...) * r) and d loss / d wrt.
 
     The graph is built in float32 (as kdsl builds it) and converted to float64 when the
@@ -75,7 +75,7 @@ def op_graph(build, inputs: dict, wrt, opset=17, prepare=False, prune=False):
     yshape = [d.dim_value for d in ysh.shape.dim]
     rvi = helper.make_tensor_value_info("r", TensorProto.FLOAT, yshape)
     shapes, dtypes = _infer(e, vis + [rvi], opset, [loss])
-    grads = backprop(e, list(e.nodes), loss, wrt, shapes, dtypes)
+    grads = backprop(e, list(e.nodes), loss, wrt, shapes, dtypes, device=device)
     outs = [e.op("Identity", [loss], out="loss")]
     names = []
     for w in wrt:
@@ -90,15 +90,16 @@ def op_graph(build, inputs: dict, wrt, opset=17, prepare=False, prune=False):
 
 
 def op_check(build, inputs: dict, wrt=None, opset=17, h=None, rtol=None, prepare=False, prune=False,
-             max_coords=60):
+             max_coords=60, device="cpu"):
     """Compare backprop's gradients of sum(build(inputs) * r) with central differences.
 
     The defaults suit ops linear in each input coordinate (convolutions, average pooling...),
     where a large step is exact up to rounding: float32 ``h = 0.5``, ``rtol = 1e-4`` (a 0.1%
     error in a rule fails). Piecewise-linear ops pass a step smaller than the gaps between
-    values; nonlinear ones run in float64."""
+    values; nonlinear ones run in float64. ``device``: the graph is built for onnxruntime on that
+    device (rules may pick other ops) and checked on the CPU."""
     wrt = list(inputs) if wrt is None else wrt
-    m, names, yshape = op_graph(build, inputs, wrt, opset, prepare, prune)
+    m, names, yshape = op_graph(build, inputs, wrt, opset, prepare, prune, device)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     dtype = next(v.dtype for v in inputs.values() if v.dtype.kind == "f")
     feeds = dict(inputs)
@@ -232,28 +233,35 @@ POOL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("prepare", [False, True])
 @pytest.mark.parametrize("shape,attrs", POOL_CASES)
-def test_max_pool_op(shape, attrs, prepare):
+def test_max_pool_op(shape, attrs, prepare, device):
     """Overlapping windows scatter-add at the Indices (checked in float64: onnxruntime has the
     kernels); windows that do not overlap take MaxUnpool, which onnxruntime has for float32
-    only, checked with a step smaller than the 0.06 gaps between values (the loss stays linear)."""
+    only, checked with a step smaller than the 0.06 gaps between values (the loss stays linear).
+    Built for CUDA (which has no MaxUnpool), windows apart scatter without a reduction."""
     disjoint = all(s >= k for s, k in zip(attrs["strides"], attrs["kernel_shape"]))
     if disjoint:
         x, h, rtol = f32(*shape, spread=True), 0.02, 2e-3
     else:
         x, h, rtol = f32(*shape, spread=True).astype(np.float64), 1e-3, None
-    m = op_check(lambda e, x: e.op("MaxPool", [x], **attrs), {"x": x}, h=h, rtol=rtol, prepare=prepare, prune=True)
+    m = op_check(lambda e, x: e.op("MaxPool", [x], **attrs), {"x": x}, h=h, rtol=rtol, prepare=prepare, prune=True,
+                 device=device)
     pools = [n for n in m.graph.node if n.op_type == "MaxPool"]
     # prepared: the forward node outputs the Indices; else the rule adds a MaxPool for them
     assert [len(p.output) for p in pools] == ([2] if prepare else [1, 2])
     ops = {n.op_type for n in m.graph.node}
-    assert ("MaxUnpool" in ops) == disjoint and ("ScatterElements" in ops) == (not disjoint)
+    unpool = disjoint and device == "cpu"
+    assert ("MaxUnpool" in ops) == unpool and ("ScatterElements" in ops) == (not unpool)
+    scatters = [n for n in m.graph.node if n.op_type == "ScatterElements"]
+    assert all(any(a.name == "reduction" for a in n.attribute) == (not disjoint) for n in scatters)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("also_used", [False, True])
 @pytest.mark.parametrize("shape,attrs", POOL_CASES)
-def test_relu_then_max_pool(shape, attrs, also_used):
+def test_relu_then_max_pool(shape, attrs, also_used, device):
     """Relu -> MaxPool: the Relu's mask is applied to the pooled gradient (the argmax cell is
     positive iff the pooled value is), and the Relu rule passes the result on; with the Relu's
     output pooled twice, its gradient is a sum and its own mask applies. Half the cells are negative (many windows
@@ -269,7 +277,8 @@ def test_relu_then_max_pool(shape, attrs, also_used):
         p = e.op("MaxPool", [r], **attrs)
         return e.op("Add", [p, e.op("MaxPool", [r], **attrs)]) if also_used else p
 
-    m = op_check(build, {"x": x}, h=0.02 if disjoint else 1e-3, rtol=2e-3 if disjoint else None, prune=True)
+    m = op_check(build, {"x": x}, h=0.02 if disjoint else 1e-3, rtol=2e-3 if disjoint else None, prune=True,
+                 device=device)
     producer = {o: n for n in m.graph.node for o in n.output}
     relu_out = next(n.output[0] for n in m.graph.node if n.op_type == "Relu")
     full_masks = [n for n in m.graph.node if n.op_type == "Greater" and n.input[0] == relu_out]

@@ -1,5 +1,7 @@
 """Gradient checks of the recurrent layers' training lowering (unrolled, differentiated op by op)
 against central finite differences, with and without masks; and the Split VJP rule."""
+import collections
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -121,7 +123,7 @@ def test_split_rule_with_an_unused_output():
 
 
 # -- the LSTM's fused backward pass (kdsl.lower.autodiff_rnn) --------------------------------------
-def _gradients(model, x, fused: bool, monkeypatch):
+def _gradients(model, x, fused: bool, monkeypatch, device="cpu", graph=None):
     import kdsl.lower.training as training
     from kdsl.lower.training import TrainSetup, build_gradient_graph
     from kdsl.train.losses import get_loss
@@ -130,8 +132,10 @@ def _gradients(model, x, fused: bool, monkeypatch):
     monkeypatch.setattr(training, "FUSED_RECURRENT_BACKWARD", fused)
     out = model.output_names[0]
     setup = TrainSetup({out: get_loss("mse")}, {}, {out: []}, SGD(0.1))
-    proto, state = build_gradient_graph(model, setup)
+    proto, state = build_gradient_graph(model, setup, device=device, lstm_op=device == "cuda")
     onnx.checker.check_model(proto, full_check=True)
+    if graph is not None:
+        graph.append(proto)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     y = np.random.default_rng(7).normal(size=(x.shape[0],) + tuple(model.outputs[0].type.shape[1:]))
     feeds = {s.name: s.value for s in state}
@@ -185,6 +189,30 @@ def test_fused_backward_equals_op_by_op(cell, key, monkeypatch):
     for k in plain:
         np.testing.assert_allclose(fused[k], plain[k], rtol=2e-5, atol=1e-6, err_msg=k)
     assert n_fused < n_plain, (n_fused, n_plain)     # per step far fewer: see the next test
+
+
+@pytest.mark.parametrize("key", list(_rnn_models(L.LSTM)) + ["masked"])
+def test_lstm_forward_for_cuda_equals_the_unrolled_steps(key, monkeypatch):
+    """Built for onnxruntime's CUDA provider, an unmasked LSTM's forward steps are ONNX's LSTM op
+    and a recomputation in bulk (a scan over time for the cells): the same loss and gradients as
+    the unrolled steps (both run here on the CPU), every direction; masked layers stay unrolled."""
+    m = _masked_rnn_models(L.LSTM)["bidirectional_sequences"] if key == "masked" else _rnn_models(L.LSTM)[key]
+    for layer in m.layers:
+        for inner in [layer] + [getattr(layer, k, None) for k in ("forward", "backward")]:
+            if isinstance(inner, L.LSTM):
+                _bias_nonzero(inner)
+    x = masked_inputs(6) if key == "masked" else RNG.normal(size=(B, 6, F))
+    graphs = []
+    cuda, _ = _gradients(m, x, True, monkeypatch, device="cuda", graph=graphs)
+    cpu, _ = _gradients(m, x, True, monkeypatch, device="cpu", graph=graphs)
+    assert cuda.keys() == cpu.keys() and any("recurrent" in k for k in cuda)
+    for k in cpu:
+        np.testing.assert_allclose(cuda[k], cpu[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    ops = [collections.Counter(n.op_type for n in g.graph.node) for g in graphs]
+    directions = sum(isinstance(layer, L.LSTM) + 2 * isinstance(layer, L.Bidirectional) for layer in m.layers)
+    assert ops[1]["LSTM"] == 0 and ops[0]["LSTM"] == (0 if key == "masked" else directions)
+    if key != "masked":   # the steps' Gemms are gone (the first step of each direction has none)
+        assert ops[0]["Gemm"] < ops[1]["Gemm"] - 3 * directions, (ops[0]["Gemm"], ops[1]["Gemm"])
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
@@ -260,3 +288,21 @@ def test_fused_backward_is_not_used_outside_its_form(layer, monkeypatch):
     assert n_fused == n_plain
     for k in plain:
         np.testing.assert_array_equal(fused[k], plain[k])
+
+
+def test_lstm_op_forward_only_for_cuda_and_batches_it_is_faster_at():
+    """build_training picks the LSTM-op forward for the CUDA provider up to LSTM_OP_MAX_BATCH (a
+    measured crossover); the CPU and larger or unknown batches keep the unrolled steps."""
+    from kdsl.lower import training
+    from kdsl.lower.training import TrainSetup, build_training
+    from kdsl.train.losses import get_loss
+    from kdsl.train.optimizers import SGD
+
+    m = _rnn_models(L.LSTM)["last"]
+    setup = TrainSetup({"y": get_loss("mse")}, {}, {"y": []}, SGD(0.1))
+    cap = training.LSTM_OP_MAX_BATCH
+    for device, batch, want in [("cuda", cap, 1), ("cuda", 16, 1), ("cuda", cap + 1, 0), ("cuda", None, 0),
+                                ("cpu", 16, 0)]:
+        prog = build_training(m, setup, device=device, batch_size=batch)
+        assert sum(n.op_type == "LSTM" for n in prog.train.graph.node) == want, (device, batch)
+        assert sum(n.op_type == "LSTM" for n in prog.eval.graph.node) == 1      # inference: ONNX's op

@@ -66,3 +66,31 @@ def test_plain_onnxruntime_loop_trains_and_matches_fit(tmp_path):
     np.testing.assert_allclose(hist_losses, losses, rtol=1e-5)
     np.testing.assert_allclose(model.get_layer("dense").get_weights()[0], state["dense/kernel"], rtol=1e-5,
                                atol=1e-6)
+
+
+def test_training_graphs_built_for_cuda_train_the_same(tmp_path):
+    """`kdsl compile --training-device cuda`: the signature says so, the CNN's max pooling
+    gradient uses ScatterElements (the CUDA provider has no MaxUnpool), and the step computes what
+    the CPU build does (run here on the CPU)."""
+    cpu, cuda = tmp_path / "cpu", tmp_path / "cuda"
+    src = os.path.join(EXAMPLES, "mnist_cnn.kd")
+    assert main(["compile", src, "-o", str(cpu)]) == 0
+    assert main(["compile", src, "-o", str(cuda), "--training-device", "cuda"]) == 0
+    graphs = {}
+    for d in (cpu, cuda):
+        sig = json.loads((d / "mnist_cnn.train.json").read_text())
+        assert sig["device"] == d.name
+        graphs[d.name] = onnx.load(str(d / "mnist_cnn.train.onnx"))
+    ops = {k: {n.op_type for n in g.graph.node} for k, g in graphs.items()}
+    assert "MaxUnpool" in ops["cpu"] and "MaxUnpool" not in ops["cuda"] and "ScatterElements" in ops["cuda"]
+    x, y = mnist_subset(16)
+    state = dict(np.load(str(cpu / "mnist_cnn.state.npz")))
+    feeds = {"image": x, "target:probs": y, "sample_weight:probs": np.ones(16, np.float32),
+             "lr": np.array(1e-3, np.float32), "step": np.array(1, np.float32), **state}
+    outs = {}
+    for k, g in graphs.items():
+        sess = ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs[k] = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    assert outs["cpu"].keys() == outs["cuda"].keys()
+    for name in outs["cpu"]:
+        np.testing.assert_allclose(outs["cuda"][name], outs["cpu"][name], rtol=1e-6, atol=1e-7, err_msg=name)
