@@ -42,6 +42,12 @@ step and a sum of them).
 
 The forward graph is unchanged; the gradients of the hoisted input projections flow on to the
 ``MatMul`` and bias ``Add`` before their ``Split``, whose own rules do the rest.
+
+On onnxruntime's CUDA provider each node is a kernel launch (about 2.7 µs in a captured CUDA
+graph on an H100, more than the work of a ``[batch, units]`` op), so two things differ there:
+the rule forms all the steps' ``A_t`` from one ``[T * b, 4u]`` stack split once, and, for
+batches up to ``training.LSTM_OP_MAX_BATCH``, :func:`lstm_forward_as_op` replaces an unmasked
+LSTM's forward steps by ONNX's ``LSTM`` op with the values the rule reads recomputed in bulk.
 """
 from __future__ import annotations
 
