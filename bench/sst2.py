@@ -36,7 +36,8 @@ EXAMPLE = os.path.join(HERE, "..", "examples", "sentiment.kd")
 TARGET = 0.834
 
 #: per model: the .kd model, its parameters for SST-2, and the training settings (the learning rate
-#: of the file's Adam, or ``lr`` if given, is multiplied by ``lr_decay`` after every epoch). Picked on
+#: of the file's Adam, or ``lr`` if given, is multiplied by ``lr_decay`` after every epoch; ``optimizer``, if
+#: given, holds other options of Adam, e.g. ``use_ema``, ``ema_momentum``, ``clipnorm``). Picked on
 #: the dev set (so the dev figures are slightly optimistic). A search of about 30 configurations
 #: (2026-11-27) found nothing better than these, so they stay: with either model every variant tried
 #: (vocabulary 4k-20k, standardize="lower", embeddings 32-300, 100-300 filters, 64-128 units, embedding,
@@ -53,12 +54,25 @@ TARGET = 0.834
 #: epochs; the dev loss is lowest after epoch 1-2 in nearly every run (the models overfit the
 #: 67k phrases). With the faster training steps of the third session the defaults take 90 s (CNN,
 #: 81.9%) and 114 s (BiLSTM, 82.3%).
+#: A fourth search (11 runs, 2026-11-27, all with fit() one epoch at a time as here, so with
+#: ``use_ema`` the weights become their moving average at the end of every epoch): Adam's
+#: use_ema (momentum 0.999) alone gives CNN 81.2% (3 epochs) and BiLSTM 82.6%; Kim's recipe
+#: without Adadelta or max-norm (kdsl has neither): embeddings U[-0.25, 0.25] set from bench code,
+#: 300 (or 200) dims, no embedding dropout, 100 filters, batch 50, gives the CNN 81.8% (3 epochs,
+#: 82.8% after epoch 2), 81.7% (2 epochs, EMA, decay 0.5) and 81.7% (200 dims, 2 epochs, decay 0.5)
+#: in 147-455 s, and the BiLSTM (with its embedding dropout 0.5) 79.4%; batch 256, lr 2e-3 x0.7 per
+#: epoch, clipnorm 1, EMA 0.998, 5-6 epochs: CNN 79.9%, BiLSTM 82.9% (last states) and, with
+#: max_pool=true, 83.5%, 83.4%, 83.3% on seeds 0, 1, 2 (83.49, 83.37, 83.26; mean 83.37%, 194-215 s):
+#: the best BiLSTM so far (the earlier default: 82.2%, 81.7%, 80.4%), so it is the default now
+#: (`python bench/sst2.py --models bilstm`, fourth session: 83.37% in 200 s),
+#: a hair under the target on the mean; the CNN keeps its defaults.
 MODELS = {
     "cnn": dict(model="sentiment_cnn", params=dict(vocab=20000, seq_len=48, embed_dim=128, filters=128),
                 epochs=2, batch_size=64, lr_decay=1.0),
     "bilstm": dict(model="sentiment_bilstm", params=dict(vocab=10000, seq_len=48, embed_dim=128, units=64,
-                                                         embed_dropout=0.5),
-                   epochs=4, batch_size=128, lr_decay=0.5),
+                                                         embed_dropout=0.5, max_pool=True),
+                   epochs=6, batch_size=256, lr=2e-3, lr_decay=0.7,
+                   optimizer=dict(use_ema=True, ema_momentum=0.998, clipnorm=1.0)),
 }
 
 
@@ -94,11 +108,13 @@ def run_model(key: str, data, epochs: int | None, budget: float, seed: int, batc
     batch_size = batch_size or spec["batch_size"]
     model = kdsl.load(EXAMPLE, model=spec["model"], params=spec["params"], seed=seed)
     cfg = model.train_config   # the file's train section, with the learning rate set here
-    model.compile(optimizer=cfg.optimizer, loss=cfg.loss, loss_weights=cfg.loss_weights, metrics=cfg.metrics or None)
+    opt_args = spec.get("optimizer", {})   # Adam's other options (use_ema, clipnorm, ...)
+    optimizer = kdsl.optimizers.Adam(**opt_args) if opt_args else cfg.optimizer
+    model.compile(optimizer=optimizer, loss=cfg.loss, loss_weights=cfg.loss_weights, metrics=cfg.metrics or None)
     lr0 = float(spec.get("lr", model.optimizer.learning_rate))
     print(f"\n== {key}: {spec['model']}({', '.join(f'{k}={v}' for k, v in spec['params'].items())}), "
           f"{model.count_params():,} parameters, batch {batch_size}, up to {epochs} epochs, Adam learning rate "
-          f"{lr0:g} x{spec['lr_decay']} per epoch", flush=True)
+          f"{lr0:g} x{spec['lr_decay']} per epoch{''.join(f', {k}={v}' for k, v in opt_args.items())}", flush=True)
     t0 = time.perf_counter()
     vec = model.get_layer("vectorize")
     vec.adapt(x_train)
@@ -126,6 +142,7 @@ def run_model(key: str, data, epochs: int | None, budget: float, seed: int, batc
     onnx_acc = float(np.mean((probs > 0.5) == (y_dev == 1)))
     result = {"model": key, "kd_model": spec["model"], "params": spec["params"], "parameters": model.count_params(),
               "vocabulary": vec.vocabulary_size(), "batch_size": batch_size, "learning_rate": lr0, "lr_decay": spec["lr_decay"],
+              "optimizer_options": opt_args,
               "epochs": len(per_epoch),
               "dev_accuracy": accs[-1], "dev_accuracy_per_epoch": accs, "dev_accuracy_onnx_raw_strings": onnx_acc,
               "train_seconds": round(train_s, 1), "adapt_seconds": round(adapt_s, 2),
