@@ -53,11 +53,18 @@ def test_wide_concat_and_split_become_two_levels(opset):
              n("Concat", [f"t{69 - i}" for i in range(70)], ["z"], axis=0, name="back"),
              n("Split", ["w"], [f"p{i}" for i in range(37)], axis=1, name="prime",
                **({"num_outputs": 37} if opset >= 18 else {})),
-             n("Concat", [f"p{i % 37}" for i in range(1100)], ["v"], axis=1, name="wide")]
+             n("Concat", [f"p{i % 37}" for i in range(1100)], ["v"], axis=1, name="wide"),
+             n("Shape", ["x"], ["xs"]), n("Slice", ["xs", "zero", "one"], ["rows"]),   # sizes computed: stays
+             n("Div", ["rows", "forty"], ["q"]), n("Expand", ["q", "forty"], ["qs"]),
+             n("Split", ["x", "qs"], [f"c{i}" for i in range(40)], axis=0, name="computed"),
+             n("Concat", [f"c{i}" for i in range(40)], ["u"], axis=0, name="again")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [200, 3]),
                                        helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 37])],
                           [helper.make_tensor_value_info("z", TensorProto.FLOAT, [200, 3]),
-                           helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 1100])])
+                           helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 1100]),
+                           helper.make_tensor_value_info("u", TensorProto.FLOAT, [200, 3])],
+                          initializer=[helper.make_tensor(k, TensorProto.INT64, [1], [v])
+                                       for k, v in (("zero", 0), ("one", 1), ("forty", 40))])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     feeds = {"x": np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32),
              "w": np.arange(74, dtype=np.float32).reshape(2, 37)}
@@ -65,9 +72,9 @@ def test_wide_concat_and_split_become_two_levels(opset):
     limit_arity(m.graph)
     onnx.checker.check_model(m, full_check=True)
     wide = [(nd.name, len(nd.input), len(nd.output)) for nd in m.graph.node if max(len(nd.input), len(nd.output)) > 32]
-    assert wide == [("prime", 1, 37)]
-    # 200 inputs: 7 parts + 1; 70: 3 + 1; 1,100: 35 parts, whose 35 take 2 more + 1
-    assert len([nd for nd in m.graph.node if nd.op_type == "Concat"]) == (7 + 1) + (3 + 1) + (35 + 2 + 1)
+    assert wide == [("prime", 1, 37), ("computed", 2, 40)]
+    # 200 inputs: 7 parts + 1; 70: 3 + 1; 1,100: 35 parts, whose 35 take 2 more + 1; 40: 2 + 1
+    assert len([nd for nd in m.graph.node if nd.op_type == "Concat"]) == (7 + 1) + (3 + 1) + (35 + 2 + 1) + (2 + 1)
     got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)

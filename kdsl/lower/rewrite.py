@@ -125,14 +125,11 @@ def eliminate_common_subexpressions(nodes: Sequence[onnx.NodeProto], keep: Itera
     return out
 
 
-def _groups(n: int, most: int) -> list[int] | None:
-    """Group sizes splitting ``n`` pieces into at most ``most`` groups of at most ``most`` each,
-    all equal (so that an equal ``Split`` can make them); None where no such grouping exists."""
+def _group_size(n: int, most: int) -> int | None:
+    """The size of equal groups (an equal ``Split`` can make them) splitting ``n`` pieces into at
+    most ``most`` groups of at most ``most`` each; None where there is none."""
     fits = [k for k in range(2, most + 1) if n % k == 0 and n // k <= most]
-    if not fits:
-        return None
-    k = min(fits, key=lambda k: abs(k - n ** 0.5))
-    return [n // k] * k
+    return n // min(fits, key=lambda k: abs(k - n ** 0.5)) if fits else None
 
 
 def limit_arity(graph: onnx.GraphProto, most: int = 32) -> None:
@@ -182,16 +179,17 @@ def limit_arity(graph: onnx.GraphProto, most: int = 32) -> None:
                 changed = True
             elif nd.op_type == "Split" and len(nd.output) > most:
                 n = len(nd.output)
-                sizes = consts.get(nd.input[1]) if len(nd.input) > 1 and nd.input[1] else None
+                sized = len(nd.input) > 1 and bool(nd.input[1])
+                sizes = consts.get(nd.input[1]) if sized else None
+                per = None if sized else _group_size(n, most)
                 if sizes is not None:
                     sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
                     bounds = list(range(0, n, most)) + [n]
-                else:
-                    per = _groups(n, most)
-                    if per is None:
-                        out.append(nd)
-                        continue
-                    bounds = list(range(0, n + 1, per[0]))
+                elif per is not None:
+                    bounds = list(range(0, n + 1, per))
+                else:          # sizes computed in the graph, or a count that does not factor
+                    out.append(nd)
+                    continue
                 pieces = [(bounds[g], bounds[g + 1]) for g in range(len(bounds) - 1)]
                 parts = [fresh(f"{nd.input[0]}/part{g}") for g in range(len(pieces))]
                 attrs = {"axis": axis}
