@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import KdslError
 from ..ir import DTYPES, TensorType
 
-__all__ = ["InferenceSession", "resolve_providers", "as_feeds"]
+__all__ = ["InferenceSession", "resolve_providers", "as_feeds", "check_providers_active"]
 
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -38,6 +38,20 @@ def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
     if "CPUExecutionProvider" not in out:
         out.append("CPUExecutionProvider")
     return out
+
+
+def check_providers_active(session, providers: Sequence[str]) -> None:
+    """Raise if onnxruntime left out an execution provider that was asked for: it falls back to
+    the CPU with no more than a logged warning when, say, the CUDA libraries cannot be loaded."""
+    missing = [p for p in providers if p != "CPUExecutionProvider" and p not in session.get_providers()]
+    if missing:
+        hint = None
+        if "CUDAExecutionProvider" in missing:
+            hint = ("onnxruntime-gpu needs the CUDA and cuDNN libraries of its build on the library path; "
+                    "with them installed from pip (as PyTorch's are), `import torch` first or call "
+                    "onnxruntime.preload_dlls()")
+        raise KdslError(f"onnxruntime could not start the execution provider(s) {missing}: the session runs on "
+                        f"{session.get_providers()}.", hint=hint)
 
 
 def arrays_by_name(value, names: list[str], what: str, kind: str) -> list:
@@ -102,7 +116,9 @@ class InferenceSession:
         opts.log_severity_level = 3
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
-        self.session = ort.InferenceSession(model_bytes, opts, providers=resolve_providers(providers))
+        providers = resolve_providers(providers)
+        self.session = ort.InferenceSession(model_bytes, opts, providers=providers)
+        check_providers_active(self.session, providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run_batched(self, feeds: dict[str, np.ndarray], batch_size: int = 32) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ import onnx
 
 from ..errors import KdslError
 from ..ir import DTYPES, TensorType
-from .session import arrays_by_name, as_feeds, resolve_providers
+from .session import arrays_by_name, as_feeds, check_providers_active, resolve_providers
 
 if TYPE_CHECKING:
     from ..lower.training import TrainingProgram, TrainSetup
@@ -111,6 +111,7 @@ class Trainer:
         self._train_sess = None     # the step for any batch shape, made when first needed
         self.eval_sess = ort.InferenceSession(self.program.eval.SerializeToString(), self._opts,
                                               providers=self.providers)
+        check_providers_active(self.eval_sess, self.providers)
         self._ort = ort
         self.state: dict[str, Any] = {}
         self._bindings: list | None = None

@@ -91,3 +91,18 @@ def test_cuda_graph_option_errors():
     m2 = kdsl.Model(x, {"y": L.Dense(2)(x)})
     with pytest.raises(KdslError, match='needs engine="portable"'):
         m2.compile(optimizer="sgd", loss="mse", engine="ort-training", cuda_graph=True)
+
+
+def test_a_provider_onnxruntime_left_out_is_an_error():
+    """onnxruntime falls back to the CPU, with only a logged warning, when the CUDA provider's
+    libraries cannot be loaded: kdsl says so instead of running on the wrong device."""
+    from kdsl.runtime.session import check_providers_active
+
+    class Session:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    with pytest.raises(KdslError, match=r"could not start the execution provider\(s\) \['CUDAExecutionProvider'\]") as err:
+        check_providers_active(Session(), ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert "preload_dlls" in str(err.value)
+    check_providers_active(Session(), ["CPUExecutionProvider"])       # nothing missing: no error
