@@ -116,6 +116,9 @@ class Trainer:
         self.state: dict[str, Any] = {}
         self._bindings: list | None = None
         self._pairs: tuple[dict, dict] | None = None
+        self._spare: dict[str, Any] = {}            # the second buffer of each updated state
+        self._fixed_outputs: dict[str, Any] | None = None
+        self._other_outputs: list[tuple[int, str]] = []
         self.reset_state()
         self.train_outputs = [o.name for o in self.program.train.graph.output]
         self.eval_outputs = [o.name for o in self.eval_sess.get_outputs()]
@@ -254,7 +257,7 @@ class Trainer:
     def _outputs(self) -> tuple[dict, list]:
         """Loss and metric outputs: those of static shape get buffers of ours (``io.get_outputs()``
         would wrap every output, state included, at each step); the others by position."""
-        if not hasattr(self, "_fixed_outputs"):
+        if self._fixed_outputs is None:
             self._fixed_outputs = {}
             for o in self.program.train.graph.output:
                 dims = o.type.tensor_type.shape.dim
@@ -273,13 +276,11 @@ class Trainer:
         if self._pairs is None:
             self._updated = [o[:-4] for o in self.train_outputs if o.endswith(":new")]
             initial = {s.name: s.value for s in self.program.state}
-            spare = getattr(self, "_spare", {})
             for name in self._updated:
-                if name not in spare:
-                    spare[name] = self._ort.OrtValue.ortvalue_from_shape_and_type(
+                if name not in self._spare:
+                    self._spare[name] = self._ort.OrtValue.ortvalue_from_shape_and_type(
                         initial[name].shape, initial[name].dtype, self.device, 0)
-            self._spare = spare
-            self._pairs = dict(self.state), {**self.state, **{n: spare[n] for n in self._updated}}
+            self._pairs = dict(self.state), {**self.state, **{n: self._spare[n] for n in self._updated}}
             self._turn = 0
         return self._pairs
 
