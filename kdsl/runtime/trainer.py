@@ -236,23 +236,28 @@ class Trainer:
         The buffers are OrtValues owned here: onnxruntime 1.19 frees the outputs it allocated
         when their binding is reused, so none of the state is left to it."""
         if self._bindings is None:
-            first, second = self._state_pairs()
-            bindings = []
-            fixed, _ = self._outputs()
-            for src, dst in ((first, second), (second, first)):
-                io = self.train_sess.io_binding()
-                for name, v in src.items():
-                    io.bind_ortvalue_input(name, v)
-                for o in self.train_outputs:
-                    if o.endswith(":new"):
-                        io.bind_ortvalue_output(o, dst[o[:-4]])
-                    elif o in fixed:
-                        io.bind_ortvalue_output(o, fixed[o])
-                    else:
-                        io.bind_output(o, "cpu")
-                bindings.append((io, {n: dst[n] for n in self._updated}))
-            self._bindings = bindings
+            self._bindings = self._bind_turns(self.train_sess, self._outputs()[0])
         return self._bindings
+
+    def _bind_turns(self, sess, outputs: dict, inputs: dict | None = None) -> list[tuple]:
+        """For each of the two turns, an IOBinding of ``sess`` that reads the state from one set
+        of buffers and writes ``X:new`` into the other, with ``outputs`` (name -> buffer; the
+        others go to the CPU) and ``inputs`` (name -> buffer) bound; and the state it writes."""
+        first, second = self._state_pairs()
+        turns = []
+        for src, dst in ((first, second), (second, first)):
+            io = sess.io_binding()
+            for name, v in {**src, **(inputs or {})}.items():
+                io.bind_ortvalue_input(name, v)
+            for o in self.train_outputs:
+                if o.endswith(":new"):
+                    io.bind_ortvalue_output(o, dst[o[:-4]])
+                elif o in outputs:
+                    io.bind_ortvalue_output(o, outputs[o])
+                else:
+                    io.bind_output(o, "cpu")
+            turns.append((io, {n: dst[n] for n in self._updated}))
+        return turns
 
     def _outputs(self) -> tuple[dict, list]:
         """Loss and metric outputs: those of static shape get buffers of ours (``io.get_outputs()``
@@ -260,11 +265,8 @@ class Trainer:
         if self._fixed_outputs is None:
             self._fixed_outputs = {}
             for o in self.program.train.graph.output:
-                dims = o.type.tensor_type.shape.dim
-                if not o.name.endswith(":new") and all(d.HasField("dim_value") for d in dims):
-                    self._fixed_outputs[o.name] = self._ort.OrtValue.ortvalue_from_shape_and_type(
-                        [d.dim_value for d in dims], onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type),
-                        "cpu", 0)
+                if not o.name.endswith(":new") and all(d.HasField("dim_value") for d in o.type.tensor_type.shape.dim):
+                    self._fixed_outputs[o.name] = _buffer_for(self._ort, o, "cpu")
             self._other_outputs = [(k, o) for k, o in enumerate(self.train_outputs)
                                    if not o.endswith(":new") and o not in self._fixed_outputs]
         return self._fixed_outputs, self._other_outputs
@@ -286,7 +288,8 @@ class Trainer:
 
     def train_batch(self, data: _Data, lo: int, hi: int, idx, lr: float, step: int) -> dict[str, np.ndarray]:
         extra = {"lr": np.array(lr, dtype=np.float32), "step": np.array(step, dtype=np.float32)}
-        static = self._static_for(data, lo, hi, idx, extra)
+        arrays = self._batch_arrays(data, lo, hi, idx, extra)
+        static = self._static_for(arrays, lo)
         if static is not None:
             t = time.perf_counter()
             try:
@@ -300,11 +303,11 @@ class Trainer:
             self.time_in_run += time.perf_counter() - t
         if static is None:
             io, written = self._ping_pong()[self._turn]
-            kept = self._bind_batch(io, data, lo, hi, idx, extra)
+            for name, a in arrays.items():     # kept alive by ``arrays`` until the run
+                io.bind_cpu_input(name, a)
             t = time.perf_counter()
             self.train_sess.run_with_iobinding(io)
             self.time_in_run += time.perf_counter() - t
-            del kept
             # copies: .numpy() of a CPU OrtValue is a view of its buffer, which the next step rewrites
             results = {name: value.numpy().copy() for name, value in self._fixed_outputs.items()}
             if self._other_outputs:
@@ -315,17 +318,17 @@ class Trainer:
         self.last_loss = float(results["loss"])
         return results
 
-    def _static_for(self, data: _Data, lo: int, hi: int, idx, extra: dict) -> "StaticStep | None":
-        """The fixed-shape step for this batch, its inputs copied in; None where the batch runs
-        through ``train_sess``. A step is built for the shapes of an epoch's first batch; a batch
-        of other shapes (the last, smaller one) runs through ``train_sess``."""
+    def _static_for(self, arrays: dict[str, np.ndarray], lo: int) -> "StaticStep | None":
+        """The fixed-shape step for the batch ``arrays`` (starting at sample ``lo``), the arrays
+        copied in; None where the batch runs through ``train_sess``. A step is built for the shapes
+        of an epoch's first batch; a batch of other shapes (the last, smaller one) runs through
+        ``train_sess``."""
         if self.static_note:
             return None
         _, other = self._outputs()
         if other:
             self.static_note = f"outputs of dynamic shape {[o for _, o in other]}"
             return None
-        arrays = self._batch_arrays(data, lo, hi, idx, extra)
         key = tuple((n, a.shape) for n, a in arrays.items())
         step = self.static_steps.get(key)
         if step is not None and lo == 0:
@@ -365,6 +368,13 @@ class Trainer:
         return {n: v.numpy() for n, v in zip(self.eval_outputs, io.get_outputs())}
 
 
+def _buffer_for(ort, vi: onnx.ValueInfoProto, device: str):
+    """An OrtValue of ``vi``'s (static) shape and element type on ``device``."""
+    t = vi.type.tensor_type
+    return ort.OrtValue.ortvalue_from_shape_and_type([d.dim_value for d in t.shape.dim],
+                                                     onnx.helper.tensor_dtype_to_np_dtype(t.elem_type), device, 0)
+
+
 class StaticStep:
     """The training step for fixed batch shapes, with every input and output at a fixed address.
 
@@ -401,30 +411,15 @@ class StaticStep:
         self.sess = ort.InferenceSession(model.SerializeToString(), trainer._opts, providers=trainer.providers,
                                          provider_options=options)
         device = trainer.device
-        types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
-        outputs = [o.name for o in model.graph.output]
-        self.inputs = {}
-        for vi in model.graph.input:
-            if vi.name in shapes:
-                dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-                self.inputs[vi.name] = ort.OrtValue.ortvalue_from_shape_and_type(shapes[vi.name], dtype, device, 0)
-        self.outputs = {o: ort.OrtValue.ortvalue_from_shape_and_type(
-            [d.dim_value for d in vo.type.tensor_type.shape.dim], onnx.helper.tensor_dtype_to_np_dtype(types[o]),
-            device, 0) for o, vo in zip(outputs, model.graph.output) if not o.endswith(":new")}
-        first, second = trainer._state_pairs()       # the buffers and turns of every step
+        self.inputs = {vi.name: _buffer_for(ort, vi, device) for vi in model.graph.input if vi.name in shapes}
+        self.outputs = {vo.name: _buffer_for(ort, vo, device) for vo in model.graph.output
+                        if not vo.name.endswith(":new")}
         self.turns = []
-        for k, (src, dst) in enumerate(((first, second), (second, first))):
-            io = self.sess.io_binding()
-            for name, v in src.items():
-                io.bind_ortvalue_input(name, v)
-            for name, v in self.inputs.items():
-                io.bind_ortvalue_input(name, v)
-            for o in outputs:
-                io.bind_ortvalue_output(o, dst[o[:-4]] if o.endswith(":new") else self.outputs[o])
+        for k, (io, written) in enumerate(trainer._bind_turns(self.sess, self.outputs, self.inputs)):
             ro = ort.RunOptions()
             if capture:
                 ro.add_run_config_entry("gpu_graph_id", str(k + 1))
-            self.turns.append((io, ro, {n: dst[n] for n in trainer._updated}))
+            self.turns.append((io, ro, written))
 
     def feed(self, arrays: dict[str, np.ndarray]) -> None:
         """Copy a batch (and ``lr``, ``step``) into the step's input buffers."""
