@@ -280,15 +280,20 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
     return proto, state, meta
 
 
+def _lstm_op(device: str, batch_size: int | None) -> bool:
+    """Whether LSTMs run forward through ONNX's LSTM op (see LSTM_OP_MAX_BATCH)."""
+    return device == "cuda" and batch_size is not None and batch_size <= LSTM_OP_MAX_BATCH
+
+
 def build_gradient_graph(model: "Model", setup: TrainSetup, opset: int = 17, device: str = "cpu",
-                         lstm_op: bool = False) -> tuple[onnx.ModelProto, list]:
+                         batch_size: int | None = None) -> tuple[onnx.ModelProto, list]:
     """A training-mode graph that outputs ``loss`` and ``grad:<weight>`` for every trainable
     weight the loss depends on (inputs as in the training step, without lr's effect), built
-    for onnxruntime on ``device`` (``lstm_op``: LSTMs forward through ONNX's LSTM op). Used by
-    the gradient checks."""
+    as :func:`build_training` builds it for ``device`` and ``batch_size``. Used by the gradient
+    checks."""
     check_opset(opset)
     proto, state, _ = _build(model, setup, opset, training=True, gradients_only=True, device=device,
-                             lstm_op=lstm_op)
+                             lstm_op=_lstm_op(device, batch_size))
     return proto, state
 
 
@@ -299,8 +304,8 @@ def build_training(model: "Model", setup: TrainSetup, opset: int = 17, device: s
     known, batches of ``batch_size`` (on the GPU, LSTMs run forward through ONNX's LSTM op up to
     ``LSTM_OP_MAX_BATCH``)."""
     check_opset(opset)
-    lstm_op = device == "cuda" and batch_size is not None and batch_size <= LSTM_OP_MAX_BATCH
-    train, state, meta = _build(model, setup, opset, training=True, device=device, lstm_op=lstm_op)
+    train, state, meta = _build(model, setup, opset, training=True, device=device,
+                                lstm_op=_lstm_op(device, batch_size))
     evalm, eval_state, _ = _build(model, setup, opset, training=False)
     return TrainingProgram(train=train, eval=evalm,
                            data_inputs=input_types(model.graph, skip_host_preprocessing=True),

@@ -96,13 +96,13 @@ class Trainer:
         self.setup = setup
         self.providers = resolve_providers(providers)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        if cuda_graph and self.device != "cuda":
+            raise KdslError(f"cuda_graph=True needs the CUDA execution provider. Received: providers="
+                            f"{self.providers}.", hint='compile(..., providers="cuda")')
         # the batch size of the fit that made the trainer: it picks among lowerings whose speed
         # depends on it (the LSTM's on the GPU)
         self.program: "TrainingProgram" = build_training(model, setup, opset, device=self.device,
                                                          batch_size=batch_size)
-        if cuda_graph and self.device != "cuda":
-            raise KdslError(f"cuda_graph=True needs the CUDA execution provider. Received: providers="
-                            f"{self.providers}.", hint='compile(..., providers="cuda")')
         #: capture the step as a CUDA graph: None = where the provider is CUDA and onnxruntime
         #: allows it, True = required (an error where refused), False = never
         self.cuda_graph = cuda_graph

@@ -23,9 +23,8 @@ def export_training_graphs(model: "Model", out_dir: str, opset: int = 17, device
     from ..lower.training import build_training
 
     model._ensure_compiled()
-    cfg = getattr(model, "train_config", None)
-    batch = (cfg.fit.get("batch_size") if cfg is not None else None) or 32      # fit's default
-    prog = build_training(model, model._setup, opset, device=device, batch_size=int(batch))
+    prog = build_training(model, model._setup, opset, device=device,
+                          batch_size=int(model._fit_default("batch_size", None)))
     base = os.path.join(out_dir, model.name)
     paths = [f"{base}.train.onnx", f"{base}.eval.onnx", f"{base}.state.npz", f"{base}.train.json"]
     atomic_write_bytes(paths[0], prog.train.SerializeToString())
@@ -34,6 +33,7 @@ def export_training_graphs(model: "Model", out_dir: str, opset: int = 17, device
     np.savez(buf, **{s.name: s.value for s in prog.state})
     atomic_write_bytes(paths[2], buf.getvalue())
     opt = model.optimizer
+    cfg = getattr(model, "train_config", None)
     signature = {
         "model": model.name,
         "device": device,

@@ -132,7 +132,7 @@ def _gradients(model, x, fused: bool, monkeypatch, device="cpu", graph=None):
     monkeypatch.setattr(training, "FUSED_RECURRENT_BACKWARD", fused)
     out = model.output_names[0]
     setup = TrainSetup({out: get_loss("mse")}, {}, {out: []}, SGD(0.1))
-    proto, state = build_gradient_graph(model, setup, device=device, lstm_op=device == "cuda")
+    proto, state = build_gradient_graph(model, setup, device=device, batch_size=x.shape[0])
     onnx.checker.check_model(proto, full_check=True)
     if graph is not None:
         graph.append(proto)
