@@ -3,7 +3,7 @@ import kdsl
 
 
 def test_namespaces_mirror_keras():
-    for name in ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad"):
+    for name in ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion", "Ftrl"):
         assert hasattr(kdsl.optimizers, name)
     for name in ("ExponentialDecay", "PiecewiseConstantDecay", "CosineDecay"):
         assert hasattr(kdsl.optimizers.schedules, name)

@@ -22,7 +22,8 @@ from ..lower.emitter import Emitter
 #: the concatenation (~7 passes)
 GROUP_MAX = 8192
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZER_CLASSES", "get_optimizer"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion",
+           "Ftrl", "OPTIMIZER_CLASSES", "get_optimizer"]
 
 
 def _opt_float(value, what: str) -> float | None:
@@ -400,8 +401,272 @@ class Adagrad(Optimizer):
         return e.op("Sub", [w, upd]), {"accumulator": acc}
 
 
+def _float_between(value, what: str, lo: float = 0.0, hi: float = 1.0) -> float:
+    """``value`` as a float in ``[lo, hi]``, else a Keras-style error naming what was received."""
+    v = _opt_float(value, what)
+    if v is None or not lo <= v <= hi:
+        raise KdslError(f"`{what}` must be a float between [{lo:g}, {hi:g}]. Received: {what}={value!r}")
+    return v
+
+
+def _non_negative(value, what: str) -> float:
+    v = _opt_float(value, what)
+    if v is None or v < 0:
+        raise KdslError(f"`{what}` must be a non-negative float. Received: {what}={value!r}")
+    return v
+
+
+class Adadelta(Optimizer):
+    """Adadelta (Keras 3), with ``rms(x) = sqrt(x + epsilon)``::
+
+        accumulated_grad = rho * accumulated_grad + (1 - rho) * g^2
+        delta = -rms(accumulated_delta_var) * g / rms(accumulated_grad)
+        accumulated_delta_var = rho * accumulated_delta_var + (1 - rho) * delta^2
+        w += lr * delta
+
+    Slots ``accumulated_grad``, ``accumulated_delta_var``, zero-initialised. Keras's default
+    learning rate is 0.001; the original paper's form is ``learning_rate=1.0``.
+    """
+
+    default_name = "adadelta"
+
+    def __init__(self, learning_rate: Any = 0.001, rho: float = 0.95, epsilon: float = 1e-7,
+                 weight_decay: float | None = None, clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, name: str | None = "adadelta"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                         ema_overwrite_frequency, name)
+        self.rho = _float_between(rho, "rho")
+        self.epsilon = _non_negative(epsilon, "epsilon")
+        self.slots = (("accumulated_grad", 0.0), ("accumulated_delta_var", 0.0))
+
+    def get_config(self):
+        return super().get_config() | {"rho": self.rho, "epsilon": self.epsilon}
+
+    def update(self, e, w, g, slots, lr, step):
+        rho, eps = e.scalar(self.rho), e.scalar(self.epsilon)
+        one_minus_rho = e.scalar(1 - self.rho)
+
+        def rms(x):
+            return e.op("Sqrt", [e.op("Add", [x, eps])])
+
+        acc_g = e.op("Add", [e.op("Mul", [rho, slots["accumulated_grad"]]),
+                             e.op("Mul", [one_minus_rho, e.op("Mul", [g, g])])])
+        delta = e.op("Neg", [e.op("Div", [e.op("Mul", [rms(slots["accumulated_delta_var"]), g]), rms(acc_g)])])
+        acc_d = e.op("Add", [e.op("Mul", [rho, slots["accumulated_delta_var"]]),
+                             e.op("Mul", [one_minus_rho, e.op("Mul", [delta, delta])])])
+        new_w = e.op("Add", [w, e.op("Mul", [lr, delta])])
+        return new_w, {"accumulated_grad": acc_g, "accumulated_delta_var": acc_d}
+
+
+class Adamax(Optimizer):
+    """Adamax (Keras 3), Adam with the infinity norm, ``t = step``::
+
+        m += (g - m) * (1 - beta_1)
+        u = max(beta_2 * u, |g|)
+        w -= lr * m / ((1 - beta_1^t) * (u + epsilon))
+
+    Slots ``m`` (the first moment) and ``u`` (the weighted infinity norm), zero-initialised.
+    """
+
+    default_name = "adamax"
+
+    def __init__(self, learning_rate: Any = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None, use_ema: bool = False,
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None,
+                 name: str | None = "adamax"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                         ema_overwrite_frequency, name)
+        self.beta_1, self.beta_2 = _float_between(beta_1, "beta_1"), _float_between(beta_2, "beta_2")
+        self.epsilon = _non_negative(epsilon, "epsilon")
+        self.slots = (("m", 0.0), ("u", 0.0))
+
+    def get_config(self):
+        return super().get_config() | {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+    def update(self, e, w, g, slots, lr, step):
+        p1 = e.op("Pow", [e.scalar(self.beta_1), step])
+        alpha = e.op("Div", [lr, e.op("Sub", [e.scalar(1.0), p1])])
+        m = e.op("Add", [slots["m"], e.op("Mul", [e.op("Sub", [g, slots["m"]]), e.scalar(1 - self.beta_1)])])
+        u = e.op("Max", [e.op("Mul", [e.scalar(self.beta_2), slots["u"]]), e.op("Abs", [g])])
+        upd = e.op("Div", [e.op("Mul", [m, alpha]), e.op("Add", [u, e.scalar(self.epsilon)])])
+        return e.op("Sub", [w, upd]), {"m": m, "u": u}
+
+
+#: Nadam's momentum schedule ``u_s = beta_1 * (1 - 0.5 * 0.96^s)``: the products
+#: ``prod_{s<=t} (1 - 0.5 * 0.96^s)`` for t = 0..NADAM_TABLE (taken in float64 with Keras's float32
+#: 0.96, then rounded to float32); beyond it the remaining factors differ from 1 by less than
+#: 12.5 * 0.96^NADAM_TABLE ~ 3e-10, below float32's resolution
+NADAM_TABLE = 600
+_NADAM_PRODUCTS = np.concatenate([[1.0], np.cumprod(
+    1.0 - 0.5 * float(np.float32(0.96)) ** np.arange(1, NADAM_TABLE + 1))])
+
+
+class Nadam(Optimizer):
+    """Nadam (Keras 3): Adam with Nesterov momentum, ``t = step``::
+
+        u_t = beta_1 * (1 - 0.5 * 0.96^t);  u_{t+1} = beta_1 * (1 - 0.5 * 0.96^(t+1))
+        u_product_t = u_1 * ... * u_t;  u_product_{t+1} = u_product_t * u_{t+1}
+        m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
+        m_hat = u_{t+1} * m / (1 - u_product_{t+1}) + (1 - u_t) * g / (1 - u_product_t)
+        v_hat = v / (1 - beta_2^t)
+        w -= lr * m_hat / (sqrt(v_hat) + epsilon)
+
+    Slots ``m``, ``v``, zero-initialised. Keras keeps ``u_product`` as one scalar variable
+    multiplied by ``u_t`` every step; here it is computed from the step:
+    ``beta_1^t * prod_{s<=t} (1 - 0.5 * 0.96^s)``, the product read from a table
+    (:data:`NADAM_TABLE` entries, constant past it to float32 precision).
+    """
+
+    default_name = "nadam"
+
+    def __init__(self, learning_rate: Any = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None, use_ema: bool = False,
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None,
+                 name: str | None = "nadam"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                         ema_overwrite_frequency, name)
+        self.beta_1, self.beta_2 = _float_between(beta_1, "beta_1"), _float_between(beta_2, "beta_2")
+        self.epsilon = _non_negative(epsilon, "epsilon")
+        self.slots = (("m", 0.0), ("v", 0.0))
+
+    def get_config(self):
+        return super().get_config() | {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+    def _momentum_schedule(self, e: Emitter, step: str) -> tuple[str, str, str, str]:
+        """Scalars ``u_t``, ``u_{t+1}``, ``u_product_t``, ``u_product_{t+1}``."""
+        b1, one, half = e.scalar(self.beta_1), e.scalar(1.0), e.scalar(0.5)
+        decay = e.scalar(0.96)
+        next_step = e.op("Add", [step, one])
+        u_t = e.op("Mul", [b1, e.op("Sub", [one, e.op("Mul", [half, e.op("Pow", [decay, step])])])])
+        u_next = e.op("Mul", [b1, e.op("Sub", [one, e.op("Mul", [half, e.op("Pow", [decay, next_step])])])])
+        index = e.cast(e.op("Min", [step, e.scalar(float(NADAM_TABLE))]), "int64")
+        product = e.op("Gather", [e.const(_NADAM_PRODUCTS.astype(np.float32), hint="nadam_products"), index],
+                       axis=0)
+        u_product = e.op("Mul", [e.op("Pow", [b1, step]), product])
+        return u_t, u_next, u_product, e.op("Mul", [u_product, u_next])
+
+    def update(self, e, w, g, slots, lr, step):
+        b1, b2 = self.beta_1, self.beta_2
+        one = e.scalar(1.0)
+        u_t, u_next, u_product, u_product_next = self._momentum_schedule(e, step)
+        c_m = e.op("Div", [u_next, e.op("Sub", [one, u_product_next])])
+        c_g = e.op("Div", [e.op("Sub", [one, u_t]), e.op("Sub", [one, u_product])])
+        m = e.op("Add", [slots["m"], e.op("Mul", [e.op("Sub", [g, slots["m"]]), e.scalar(1 - b1)])])
+        v = e.op("Add", [slots["v"], e.op("Mul", [e.op("Sub", [e.op("Mul", [g, g]), slots["v"]]), e.scalar(1 - b2)])])
+        m_hat = e.op("Add", [e.op("Mul", [m, c_m]), e.op("Mul", [g, c_g])])
+        v_hat = e.op("Div", [v, e.op("Sub", [one, e.op("Pow", [e.scalar(b2), step])])])
+        upd = e.op("Div", [e.op("Mul", [m_hat, lr]), e.op("Add", [e.op("Sqrt", [v_hat]), e.scalar(self.epsilon)])])
+        return e.op("Sub", [w, upd]), {"m": m, "v": v}
+
+
+class Lion(Optimizer):
+    """Lion (Keras 3)::
+
+        w -= lr * sign(beta_1 * momentum + (1 - beta_1) * g)
+        momentum = beta_2 * momentum + (1 - beta_2) * g
+
+    Slot ``momentum``, zero-initialised. ``beta_1`` must be in (0, 1] (0 is SignSGD).
+    """
+
+    default_name = "lion"
+
+    def __init__(self, learning_rate: Any = 0.001, beta_1: float = 0.9, beta_2: float = 0.99,
+                 weight_decay: float | None = None, clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, name: str | None = "lion"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                         ema_overwrite_frequency, name)
+        b1 = _opt_float(beta_1, "beta_1")
+        if b1 is None or not 0.0 < b1 <= 1.0:
+            raise KdslError("`beta_1` must be a float in the range (0, 1]; with beta_1=0 Lion degenerates to "
+                            f"SignSGD. Received: beta_1={beta_1!r}")
+        self.beta_1, self.beta_2 = b1, _float_between(beta_2, "beta_2")
+        self.slots = (("momentum", 0.0),)
+
+    def get_config(self):
+        return super().get_config() | {"beta_1": self.beta_1, "beta_2": self.beta_2}
+
+    def update(self, e, w, g, slots, lr, step):
+        b1, b2 = self.beta_1, self.beta_2
+        mom = slots["momentum"]
+        c = e.op("Add", [e.op("Mul", [mom, e.scalar(b1)]), e.op("Mul", [g, e.scalar(1.0 - b1)])])
+        new_w = e.op("Sub", [w, e.op("Mul", [lr, e.op("Sign", [c])])])
+        new_mom = e.op("Add", [e.op("Mul", [mom, e.scalar(b2)]), e.op("Mul", [g, e.scalar(1.0 - b2)])])
+        return new_w, {"momentum": new_mom}
+
+
+class Ftrl(Optimizer):
+    """FTRL (Keras 3), with ``p = learning_rate_power``, ``n`` the ``accumulator`` and ``z`` the
+    ``linear`` slot::
+
+        l2 = l2_regularization_strength + beta / (2 * lr)
+        g_s = g + 2 * l2_shrinkage_regularization_strength * w
+        n_new = n + g^2
+        z += g_s - (n_new^(-p) - n^(-p)) / lr * w
+        quadratic = n_new^(-p) / lr + 2 * l2
+        w = (clip(z, -l1, l1) - z) / quadratic;  n = n_new
+
+    The ``accumulator`` starts at ``initial_accumulator_value``, ``linear`` at 0.
+    """
+
+    default_name = "ftrl"
+
+    def __init__(self, learning_rate: Any = 0.001, learning_rate_power: float = -0.5,
+                 initial_accumulator_value: float = 0.1, l1_regularization_strength: float = 0.0,
+                 l2_regularization_strength: float = 0.0, l2_shrinkage_regularization_strength: float = 0.0,
+                 beta: float = 0.0, weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None, use_ema: bool = False,
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None,
+                 name: str | None = "ftrl"):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                         ema_overwrite_frequency, name)
+        power = _opt_float(learning_rate_power, "learning_rate_power")
+        if power is None or power > 0:
+            raise KdslError("`learning_rate_power` must be a float less than or equal to 0. Received: "
+                            f"learning_rate_power={learning_rate_power!r}")
+        self.learning_rate_power = power
+        self.initial_accumulator_value = _non_negative(initial_accumulator_value, "initial_accumulator_value")
+        self.l1_regularization_strength = _non_negative(l1_regularization_strength, "l1_regularization_strength")
+        self.l2_regularization_strength = _non_negative(l2_regularization_strength, "l2_regularization_strength")
+        self.l2_shrinkage_regularization_strength = _non_negative(l2_shrinkage_regularization_strength,
+                                                                  "l2_shrinkage_regularization_strength")
+        self.beta = _opt_float(beta, "beta") or 0.0
+        self.slots = (("accumulator", self.initial_accumulator_value), ("linear", 0.0))
+
+    def get_config(self):
+        return super().get_config() | {
+            "learning_rate_power": self.learning_rate_power,
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "l1_regularization_strength": self.l1_regularization_strength,
+            "l2_regularization_strength": self.l2_regularization_strength,
+            "l2_shrinkage_regularization_strength": self.l2_shrinkage_regularization_strength,
+            "beta": self.beta}
+
+    def update(self, e, w, g, slots, lr, step):
+        neg_power = e.scalar(-self.learning_rate_power)
+        l2 = e.op("Add", [e.scalar(self.l2_regularization_strength),
+                          e.op("Div", [e.scalar(self.beta), e.op("Mul", [e.scalar(2.0), lr])])])
+        g_s = g
+        if self.l2_shrinkage_regularization_strength:
+            g_s = e.op("Add", [g, e.op("Mul", [e.scalar(2 * self.l2_shrinkage_regularization_strength), w])])
+        n, z = slots["accumulator"], slots["linear"]
+        n_new = e.op("Add", [n, e.op("Mul", [g, g])])
+        n_new_pow = e.op("Pow", [n_new, neg_power])
+        sigma = e.op("Div", [e.op("Sub", [n_new_pow, e.op("Pow", [n, neg_power])]), lr])
+        z_new = e.op("Add", [z, e.op("Sub", [g_s, e.op("Mul", [sigma, w])])])
+        quadratic = e.op("Add", [e.op("Div", [n_new_pow, lr]), e.op("Mul", [e.scalar(2.0), l2])])
+        l1 = self.l1_regularization_strength
+        clipped = e.op("Clip", [z_new, e.scalar(-l1), e.scalar(l1)])
+        new_w = e.op("Div", [e.op("Sub", [clipped, z_new]), quadratic])
+        return new_w, {"accumulator": n_new, "linear": z_new}
+
+
 OPTIMIZER_CLASSES: dict[str, type[Optimizer]] = {
-    "sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad,
+    "sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad, "adadelta": Adadelta,
+    "adamax": Adamax, "nadam": Nadam, "lion": Lion, "ftrl": Ftrl,
 }
 
 

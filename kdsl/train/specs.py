@@ -37,8 +37,16 @@ OPTIMIZERS: dict[str, dict[str, type]] = {
     "adamw": {**_OPT, "beta_1": float, "beta_2": float, "epsilon": float, "amsgrad": bool},
     "rmsprop": {**_OPT, "rho": float, "momentum": float, "epsilon": float, "centered": bool},
     "adagrad": {**_OPT, "initial_accumulator_value": float, "epsilon": float},
+    "adadelta": {**_OPT, "rho": float, "epsilon": float},
+    "adamax": {**_OPT, "beta_1": float, "beta_2": float, "epsilon": float},
+    "nadam": {**_OPT, "beta_1": float, "beta_2": float, "epsilon": float},
+    "lion": {**_OPT, "beta_1": float, "beta_2": float},
+    "ftrl": {**_OPT, "learning_rate_power": float, "initial_accumulator_value": float,
+             "l1_regularization_strength": float, "l2_regularization_strength": float,
+             "l2_shrinkage_regularization_strength": float, "beta": float},
 }
-OPTIMIZER_CLASSES = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw", "RMSprop": "rmsprop", "Adagrad": "adagrad"}
+OPTIMIZER_CLASSES = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw", "RMSprop": "rmsprop", "Adagrad": "adagrad",
+                     "Adadelta": "adadelta", "Adamax": "adamax", "Nadam": "nadam", "Lion": "lion", "Ftrl": "ftrl"}
 SCHEDULES: dict[str, dict[str, type]] = {
     "ExponentialDecay": {"initial_learning_rate": float, "decay_steps": int, "decay_rate": float,
                          "staircase": bool, "name": str},
