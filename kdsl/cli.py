@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not write the training graphs for a model with a train section")
     p.add_argument("--training-device", choices=["cpu", "cuda"], default="cpu",
                    help="build the training graphs for onnxruntime on this device (cuda: ops its CUDA "
-                        "provider has, ONNX's LSTM op for LSTMs at the train section's batch size up to 128)")
+                        "provider has, ONNX's LSTM op for unmasked LSTMs)")
     p.add_argument("--ort-training-artifacts", nargs="?", const="", default=None, metavar="DIR",
                    help="also write onnxruntime-training's artifacts (training/eval/optimizer models, checkpoint) "
                         "into DIR (default <output dir>/<model>.ort-training); needs a train section and "

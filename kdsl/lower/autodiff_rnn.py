@@ -45,14 +45,15 @@ The forward graph is unchanged; the gradients of the hoisted input projections f
 
 On onnxruntime's CUDA provider each node is a kernel launch (about 2.7 µs in a captured CUDA
 graph on an H100, more than the work of a ``[batch, units]`` op), so two things differ there:
-the rule forms all the steps' ``A_t`` from one ``[T * b, 4u]`` stack split once, and, for
-batches up to ``training.LSTM_OP_MAX_BATCH``, :func:`lstm_forward_as_op` replaces an unmasked
-LSTM's forward steps by ONNX's ``LSTM`` op with the values the rule reads recomputed in bulk.
+for an unmasked LSTM :func:`lstm_forward_as_op` replaces the forward steps by ONNX's ``LSTM`` op
+with the values the rule reads recomputed in bulk, and :func:`_lstm_reverse_by_gemm` runs the
+reverse loop in two kernels a step (a masked LSTM's rule forms all the steps' ``A_t`` from one
+``[T * b, 4u]`` stack split once).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterable, Sequence
+from typing import Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -228,28 +229,16 @@ def _total(e: Emitter, parts: list) -> str | None:
 def _lstm_rule(g: GradContext, n, gy):
     tape = g.records[n.name]
     e = g.e
-    steps, T, u = tape.steps, len(tape.steps), tape.units
-    one = e.const(np.ones((1, 1), np.float32), hint="one")
+    steps, T = tape.steps, len(tape.steps)
     masked = steps[0].m is not None
     zero_output = steps[-1].out != steps[-1].hs       # outputs Where(m, h_new, 0), apart from the states
     gy_out, gy_c = list(gy[:T]), gy[-1]
     gy_hs_last = gy[T] if zero_output else None
-    zero = e.op("Mul", [steps[0].cs, e.const(np.zeros((1, 1), np.float32), hint="zero")])   # [b, u]
-
-    def bulk(name):
-        return tape.bulk.get(name) or _stack(e, [getattr(s, name) for s in steps])
-
-    def dsig(s):   # s * (1 - s)
-        return e.op("Mul", [s, e.op("Sub", [one, s])])
-
-    # local derivatives of all steps at once ([T * b, u] each), then one piece per step
-    i, o, f, gg, tc = (bulk(k) for k in ("i", "o", "f", "g", "tc"))
-    c_prev = tape.bulk.get("c_prev") or _stack(e, [zero] + [s.cs for s in steps[:-1]])   # zeros before the first
-    a_i = e.op("Mul", [gg, dsig(i)])
-    a_o = e.op("Mul", [tc, dsig(o)])
-    a_f = e.op("Mul", [c_prev, dsig(f)])
-    a_g = e.op("Mul", [i, e.op("Sub", [one, e.op("Mul", [gg, gg])])])
-    k = _unstack(e, e.op("Mul", [o, e.op("Sub", [one, e.op("Mul", [tc, tc])])]), T)
+    if g.device == "cuda" and not masked:
+        return _lstm_reverse_by_gemm(g, tape, gy_out, gy_c)
+    zero = _zero_state(e, tape)
+    a_i, a_o, a_f, a_g, k_all, _ = _lstm_local_derivatives(e, tape, lambda: zero)
+    k = _unstack(e, k_all, T)
     if g.device == "cuda":
         # a kernel launch costs more than the bytes it moves: one [T * b, 4u] stack, split once
         a_steps = _unstack(e, e.op("Concat", [a_i, a_o, a_f, a_g], axis=-1), T)
@@ -257,7 +246,7 @@ def _lstm_rule(g: GradContext, n, gy):
         a_parts = [_unstack(e, a, T) for a in (a_i, a_o, a_f, a_g)]
         a_steps = [e.op("Concat", [a[t] for a in a_parts], axis=-1) for t in range(T)]
     r_t = e.transpose(tape.rt, [1, 0])                               # [4u, u]
-    mf = _unstack(e, e.op("Cast", [bulk("m")], to=onnx.TensorProto.FLOAT), T) if masked else None
+    mf = _unstack(e, e.op("Cast", [_lstm_bulk(e, tape, "m")], to=onnx.TensorProto.FLOAT), T) if masked else None
 
     def total(parts):
         return _total(e, parts)
@@ -290,10 +279,130 @@ def _lstm_rule(g: GradContext, n, gy):
             dc_next = total([e.op("Mul", [dc, steps[t].f]), pass_c])
         else:
             dh_rec = dc_next = None
+    return _lstm_input_grads(g, tape, dz, zero, masked)
+
+
+def _zero_state(e: Emitter, tape: LSTMTape) -> str:
+    """Zeros ``[b, u]``."""
+    return e.op("Mul", [tape.steps[0].cs, e.const(np.zeros((1, 1), np.float32), hint="zero")])
+
+
+def _lstm_bulk(e: Emitter, tape: LSTMTape, name: str) -> str:
+    """``[T * b, .]``: the steps' value ``name`` in processing order (made in bulk by a rewrite,
+    or stacked)."""
+    return tape.bulk.get(name) or _stack(e, [getattr(s, name) for s in tape.steps])
+
+
+def _lstm_local_derivatives(e: Emitter, tape: LSTMTape, zero: Callable[[], str]):
+    """``A_t`` per gate (``a_i = g i (1 - i)``, ``a_o = tanh(c) o (1 - o)``,
+    ``a_f = c_prev f (1 - f)``, ``a_g = i (1 - g^2)``), ``K = o (1 - tanh(c)^2)`` and ``f``, each
+    ``[T * b, u]`` in processing order."""
+    one = e.const(np.ones((1, 1), np.float32), hint="one")
+    i, o, f, gg, tc = (_lstm_bulk(e, tape, k) for k in ("i", "o", "f", "g", "tc"))
+    c_prev = tape.bulk.get("c_prev") or _stack(e, [zero()] + [s.cs for s in tape.steps[:-1]])   # zeros first
+
+    def dsig(s):   # s * (1 - s)
+        return e.op("Mul", [s, e.op("Sub", [one, s])])
+
+    a_i = e.op("Mul", [gg, dsig(i)])
+    a_o = e.op("Mul", [tc, dsig(o)])
+    a_f = e.op("Mul", [c_prev, dsig(f)])
+    a_g = e.op("Mul", [i, e.op("Sub", [one, e.op("Mul", [gg, gg])])])
+    k = e.op("Mul", [o, e.op("Sub", [one, e.op("Mul", [tc, tc])])])
+    return a_i, a_o, a_f, a_g, k, f
+
+
+def _lstm_reverse_by_gemm(g: GradContext, tape: LSTMTape, gy_out: list, gy_c: str | None) -> list:
+    """The reverse loop of an unmasked LSTM in two kernels per step, for onnxruntime's CUDA
+    provider (where each node is a kernel launch costing more than its work), and the fused
+    node's input gradients.
+
+    The loop carries ``X_t = [dh_t, cf_{t+1}]`` (the gradient reaching h_t, and the cell's
+    gradient through the next step's forget gate, ``dc_{t+1} f_{t+1}``). Both ``dz_t`` and
+    ``cf_t`` are linear in ``X_t`` with per-element coefficients computed in bulk:
+    ``dc_t = dh_t K_t + cf_{t+1}``, so ``dz_t = dh_t [K a_i, a_o, K a_f, K a_g] +
+    cf_{t+1} [a_i, 0, a_f, a_g]`` and ``cf_t = dh_t K f + cf_{t+1} f``. One ``Mul`` (``X_t``
+    broadcast against the ``[b, 2, 5, u]`` coefficients) gives ``Y_t``, both halves of those
+    sums side by side; one GEMM with ``W = [[R^T, 0], [0, I], [R^T, 0], [0, I]]`` (``[10u, 2u]``)
+    adds the halves and gives ``X_{t-1} = [dz_t R^T, cf_t]`` (plus the output's gradient
+    ``[dy_{t-1}, 0]`` for a sequence, padded in bulk: one more kernel a step). The ``dz_t`` are the halves' sum, formed after the loop in
+    bulk. (On the CPU the GEMM's five times larger work costs more than the kernels it saves.)
+    Where every step gets a gradient, the projection's and the recurrent kernel's gradients are
+    formed from the ``[T * b, 4u]`` stack of ``dz`` and, after the LSTM-op rewrite, the bulk
+    previous outputs, without splitting into steps and stacking again."""
+    e = g.e
+    steps, T, u = tape.steps, len(tape.steps), tape.units
+    zeros: list[str] = []
+
+    def zero() -> str:   # [b, u], made only where needed (it reads the first step's cell)
+        if not zeros:
+            zeros.append(_zero_state(e, tape))
+        return zeros[0]
+
+    a_i, a_o, a_f, a_g, k, f = _lstm_local_derivatives(e, tape, zero)
+    no_o = e.op("Mul", [a_o, e.const(np.zeros((1, 1), np.float32), hint="zero")])
+    from_dh = e.op("Concat", [e.op("Mul", [a, k]) if a != a_o else a for a in (a_i, a_o, a_f, a_g, f)], axis=-1)
+    from_cf = e.op("Concat", [a_i, no_o, a_f, a_g, f], axis=-1)
+    coef = _unstack(e, e.reshape(e.op("Concat", [from_dh, from_cf], axis=-1), [-1, 2, 5, u]), T)
+    r_t = e.transpose(tape.rt, [1, 0])                                          # [4u, u]
+    eye = np.concatenate([np.zeros((u, u), np.float32), np.eye(u, dtype=np.float32)], axis=1)   # [u, 2u]
+    half = e.op("Concat", [e.op("Concat", [r_t, e.const(np.zeros((4 * u, u), np.float32), hint="zeros")], axis=1),
+                           e.const(eye, hint="eye")], axis=0)                   # [5u, 2u]
+    w = e.op("Concat", [half, half], axis=0)                                     # [10u, 2u]
+    # the outputs' gradients as [dy_t, 0], padded in bulk
+    with_dy = [t for t in range(T) if gy_out[t] is not None]
+    dy_pad = {}
+    if with_dy:
+        dy = _stack(e, [gy_out[t] for t in with_dy])
+        dy = e.op("Concat", [dy, e.op("ConstantOfShape", [e.op("Shape", [dy])])], axis=-1)
+        dy_pad = dict(zip(with_dy, _unstack(e, dy, len(with_dy))))
+    y: list[str | None] = [None] * T
+    x = None                             # X_t, [b, 2u]
+    for t in range(T - 1, -1, -1):
+        dc_in = gy_c if t == T - 1 else None
+        if x is None and t not in dy_pad and dc_in is None:
+            continue                     # nothing reaches this step (nor, unmasked, the ones after)
+        if x is None:
+            x = e.op("Concat", [gy_out[t] or zero(), dc_in or zero()], axis=-1) if dc_in else dy_pad[t]
+        elif t in dy_pad:
+            x = e.op("Add", [x, dy_pad[t]])
+        y[t] = e.reshape(e.op("Mul", [e.reshape(x, [-1, 2, 1, u]), coef[t]]), [-1, 10 * u])
+        x = e.op("MatMul", [y[t], w]) if t > 0 else None
+    present = [t for t in range(T) if y[t] is not None]
+    if not present:
+        return [None, None]
+    # dz = the two halves' sum, in bulk (a Split and an Add: CUDA's ReduceSum over the middle axis
+    # took 125 us)
+    ys = e.op("Slice", [e.reshape(_stack(e, [y[t] for t in present]), [-1, 2, 5 * u]), e.ints([0]), e.ints([4 * u]),
+                        e.ints([2])])
+    dz_all = e.reshape(e.op("Add", e.split_equal(ys, 2, axis=1)), [-1, 4 * u])      # processing order
+    in_time = [s.x for s in steps] == tape.projections[0][1]
+    if len(present) < T or not (in_time or [s.x for s in steps][::-1] == tape.projections[0][1]):
+        dz: list[str | None] = [None] * T
+        for t, d in zip(present, _unstack(e, dz_all, len(present))):
+            dz[t] = d
+        return _lstm_input_grads(g, tape, dz, zero(), False)
+    d_xp = dz_all if in_time else e.reshape(_time_reversed(e, e.reshape(dz_all, [T, -1, 4 * u])), [-1, 4 * u])
+    d_rt = None
+    if T > 1 and tape.rt in getattr(g, "active", {tape.rt}):
+        h_prev = tape.bulk.get("h_prev") or _stack(e, [zero()] + [s.hs for s in steps[:-1]])   # processing order
+        d_rt = e.op("MatMul", [e.transpose(h_prev, [1, 0]), dz_all])                          # [u, 4u]
+    return [d_xp, d_rt]
+
+
+def _time_reversed(e: Emitter, x3: str) -> str:
+    """``x3`` (time first) in reverse order along time."""
+    return e.op("Slice", [x3, e.ints([-1]), e.ints([_INT64_MIN]), e.ints([0]), e.ints([-1])])
+
+
+def _lstm_input_grads(g: GradContext, tape: LSTMTape, dz: list, zero: str, masked: bool) -> list:
+    """The fused node's input gradients from the steps' ``dz``: the projection's ``[T * b, 4u]``
+    (the steps' ``dz`` in time order, zeros where none) and the recurrent kernel's
+    ``H_prev^T @ dZ``."""
+    e, T, u = g.e, len(tape.steps), tape.units
     if all(d is None for d in dz):
         return [None, None] + [None] * (T if masked else 0)
-    # the projection's gradient in time order; H_prev beside it for the recurrent kernel's
-    at = {s.x: t for t, s in enumerate(steps)}
+    at = {s.x: t for t, s in enumerate(tape.steps)}
     zero4 = None
     pieces, h_prev = [], []
     for x in tape.projections[0][1]:
@@ -301,7 +410,7 @@ def _lstm_rule(g: GradContext, n, gy):
         if dz[t] is None:
             zero4 = zero4 or e.op("Concat", [zero] * 4, axis=-1)
         pieces.append(dz[t] if dz[t] is not None else zero4)
-        h_prev.append(steps[t - 1].hs if t > 0 else zero)
+        h_prev.append(tape.steps[t - 1].hs if t > 0 else zero)
     d_xp = _stack(e, pieces)                                          # [T * b, 4u]
     d_rt = None
     if T > 1 and tape.rt in getattr(g, "active", {tape.rt}):
@@ -454,14 +563,21 @@ def lstm_forward_as_op(e: Emitter, tapes: dict[str, _Tape]) -> None:
         start = len(e.nodes)
         x3 = e.reshape(xp, [T, -1, 4 * u])                                 # time order
         if order[0] != 0:                                                 # go_backwards
-            x3 = e.op("Slice", [x3, e.ints([-1]), e.ints([_INT64_MIN]), e.ints([0]), e.ints([-1])])
+            x3 = _time_reversed(e, x3)
         eye = e.const(np.eye(4 * u, dtype=np.float32)[None], hint="eye")  # the inputs are projected already
         r = e.unsqueeze(e.transpose(tape.rt, [1, 0]), [0])                 # [1, 4u, u]
         y3 = e.reshape(e.op("LSTM", [x3, eye, r], hidden_size=u), [T, -1, u])   # [T, b, u]
 
-        def shifted(v, d, fill):   # v[t - d] along time, ``fill`` for t < d
-            head = e.op("Slice", [v, e.ints([0]), e.ints([T - d]), e.ints([0])])
-            return e.op("Pad", [head, e.ints([d, 0, 0, 0, 0, 0]), e.scalar(fill)])
+        # v[t - d] along time, ``fill`` for t < d: a Slice of [fill; v] (onnxruntime's CUDA Pad
+        # kernel took 100 us on [200, 64, 64], a Concat and a Slice a few)
+        fills = {}
+
+        def shifted(v, d, fill):
+            if fill not in fills:
+                fills[fill] = e.op("ConstantOfShape", [e.op("Shape", [y3])],
+                                   value=helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [fill]))
+            return e.op("Slice", [e.op("Concat", [fills[fill], v], axis=0), e.ints([T - d]), e.ints([2 * T - d]),
+                                  e.ints([0])])
 
         h_prev = e.reshape(shifted(y3, 1, 0.0), [-1, u])
         z = e.op("Add", [e.reshape(x3, [-1, 4 * u]), e.op("MatMul", [h_prev, tape.rt])])
@@ -485,7 +601,7 @@ def lstm_forward_as_op(e: Emitter, tapes: dict[str, _Tape]) -> None:
             e.nodes.append(helper.make_node("Split", [stacked], [getattr(st, key) for st in steps], axis=0,
                                             name=e.fresh(f"{tape.name}/unstack_{key}"), **split))
         tape.bulk = {"i": i, "o": o, "f": f, "g": g, "tc": tc,
-                     "c_prev": e.reshape(shifted(v, 1, 0.0), [-1, u])}
+                     "c_prev": e.reshape(shifted(v, 1, 0.0), [-1, u]), "h_prev": h_prev}
         new = e.nodes[start:]
         del e.nodes[start:]
         kept = [n for n in e.nodes[first:last + 1] if n.op_type == "Constant"]

@@ -47,13 +47,10 @@ __all__ = ["TrainSetup", "TrainingProgram", "StateEntry", "build_training", "bui
 #: steps op by op (tests)
 FUSED_RECURRENT_BACKWARD = True
 
-#: on the CUDA provider, LSTMs trained with batches up to this size run forward through ONNX's LSTM
-#: op (cuDNN) with a recomputation in bulk (autodiff_rnn.lstm_forward_as_op); larger batches keep
-#: the unrolled steps. Measured on an H100 (text LSTM, 200 steps, 64 units, step captured as a CUDA
-#: graph), ms per step op / unrolled: batch 64 7.8 / 10.8, 128 10.7 / 11.1, 256 14.6 / 11.3,
-#: 512 23.2 / 12.4 (onnxruntime's cuDNN LSTM grows with the batch; the unrolled steps are bound by
-#: kernel launches).
-LSTM_OP_MAX_BATCH = 128
+#: on the CUDA provider, unmasked LSTMs run forward through ONNX's LSTM op (cuDNN) with a
+#: recomputation in bulk (autodiff_rnn.lstm_forward_as_op). Measured on an H100 (text LSTM, 200
+#: steps, 64 units, step captured as a CUDA graph), ms per step op / unrolled steps: batch 64
+#: 6.9 / 9.6, 128 6.8 / 9.9, 256 8.3 / 11.9, 512 11.5 / 13.6.
 
 
 @dataclass
@@ -157,7 +154,7 @@ def _name_outputs(e: Emitter, outputs: list[tuple[str, str]], graph_inputs: set[
 
 
 def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradients_only: bool = False,
-           device: str = "cpu", lstm_op: bool = False):
+           device: str = "cpu"):
     graph = model.graph
     e = Emitter(opset)
     ctx = LowerContext(e, training=training, weights_as_inputs=True)
@@ -231,7 +228,7 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
         with e.scope("grad"):
             nodes, records = (fuse_recurrent(e.nodes, ctx.recurrent_tapes, e.initializers)
                               if FUSED_RECURRENT_BACKWARD else (list(e.nodes), {}))
-            if lstm_op and records:
+            if device == "cuda" and records:
                 lstm_forward_as_op(e, records)     # cuDNN's LSTM for the forward (the steps' names stay)
             grads = backprop(e, nodes, "loss", trainable, shapes, dtypes, records=records, device=device)
         if gradients_only:   # for gradient checks: loss and grad:<weight>, no optimizer
@@ -280,32 +277,22 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
     return proto, state, meta
 
 
-def _lstm_op(device: str, batch_size: int | None) -> bool:
-    """Whether LSTMs run forward through ONNX's LSTM op (see LSTM_OP_MAX_BATCH)."""
-    return device == "cuda" and batch_size is not None and batch_size <= LSTM_OP_MAX_BATCH
-
-
-def build_gradient_graph(model: "Model", setup: TrainSetup, opset: int = 17, device: str = "cpu",
-                         batch_size: int | None = None) -> tuple[onnx.ModelProto, list]:
+def build_gradient_graph(model: "Model", setup: TrainSetup, opset: int = 17,
+                         device: str = "cpu") -> tuple[onnx.ModelProto, list]:
     """A training-mode graph that outputs ``loss`` and ``grad:<weight>`` for every trainable
     weight the loss depends on (inputs as in the training step, without lr's effect), built
-    as :func:`build_training` builds it for ``device`` and ``batch_size``. Used by the gradient
-    checks."""
+    as :func:`build_training` builds it for ``device``. Used by the gradient checks."""
     check_opset(opset)
-    proto, state, _ = _build(model, setup, opset, training=True, gradients_only=True, device=device,
-                             lstm_op=_lstm_op(device, batch_size))
+    proto, state, _ = _build(model, setup, opset, training=True, gradients_only=True, device=device)
     return proto, state
 
 
-def build_training(model: "Model", setup: TrainSetup, opset: int = 17, device: str = "cpu",
-                   batch_size: int | None = None) -> TrainingProgram:
+def build_training(model: "Model", setup: TrainSetup, opset: int = 17, device: str = "cpu") -> TrainingProgram:
     """Build the training-step and evaluation graphs for ``model`` under ``setup``, for onnxruntime
-    on ``device`` (``"cpu"`` or ``"cuda"``: the gradients use ops its kernels run there) and, where
-    known, batches of ``batch_size`` (on the GPU, LSTMs run forward through ONNX's LSTM op up to
-    ``LSTM_OP_MAX_BATCH``)."""
+    on ``device`` (``"cpu"`` or ``"cuda"``: the gradients use ops its kernels run there; on the GPU,
+    LSTMs run forward through ONNX's LSTM op)."""
     check_opset(opset)
-    train, state, meta = _build(model, setup, opset, training=True, device=device,
-                                lstm_op=_lstm_op(device, batch_size))
+    train, state, meta = _build(model, setup, opset, training=True, device=device)
     evalm, eval_state, _ = _build(model, setup, opset, training=False)
     return TrainingProgram(train=train, eval=evalm,
                            data_inputs=input_types(model.graph, skip_host_preprocessing=True),

@@ -87,7 +87,7 @@ class Trainer:
     """Sessions and state for one compiled model (one :class:`TrainSetup`)."""
 
     def __init__(self, model: "Model", setup: "TrainSetup", providers=None, opset: int = 17,
-                 cuda_graph: bool | None = None, batch_size: int | None = None):
+                 cuda_graph: bool | None = None):
         import onnxruntime as ort
 
         from ..lower.training import build_training
@@ -99,10 +99,7 @@ class Trainer:
         if cuda_graph and self.device != "cuda":
             raise KdslError(f"cuda_graph=True needs the CUDA execution provider. Received: providers="
                             f"{self.providers}.", hint='compile(..., providers="cuda")')
-        # the batch size of the fit that made the trainer: it picks among lowerings whose speed
-        # depends on it (the LSTM's on the GPU)
-        self.program: "TrainingProgram" = build_training(model, setup, opset, device=self.device,
-                                                         batch_size=batch_size)
+        self.program: "TrainingProgram" = build_training(model, setup, opset, device=self.device)
         #: capture the step as a CUDA graph: None = where the provider is CUDA and onnxruntime
         #: allows it, True = required (an error where refused), False = never
         self.cuda_graph = cuda_graph

@@ -23,8 +23,7 @@ def export_training_graphs(model: "Model", out_dir: str, opset: int = 17, device
     from ..lower.training import build_training
 
     model._ensure_compiled()
-    prog = build_training(model, model._setup, opset, device=device,
-                          batch_size=int(model._fit_default("batch_size", None)))
+    prog = build_training(model, model._setup, opset, device=device)
     base = os.path.join(out_dir, model.name)
     paths = [f"{base}.train.onnx", f"{base}.eval.onnx", f"{base}.state.npz", f"{base}.train.json"]
     atomic_write_bytes(paths[0], prog.train.SerializeToString())

@@ -110,7 +110,7 @@ class TrainingMixin:
         self.compile(optimizer=cfg.optimizer, loss=cfg.loss, loss_weights=cfg.loss_weights,
                      metrics=cfg.metrics or None)
 
-    def _get_trainer(self, batch_size: int | None = None):
+    def _get_trainer(self):
         from ..runtime.trainer import Trainer
 
         self._ensure_compiled()
@@ -121,7 +121,7 @@ class TrainingMixin:
                 self._trainer = OrtTrainingEngine(self, self._setup, self._providers, self._opset)
             else:
                 self._trainer = Trainer(self, self._setup, self._providers, self._opset,
-                                        cuda_graph=getattr(self, "_cuda_graph", None), batch_size=batch_size)
+                                        cuda_graph=getattr(self, "_cuda_graph", None))
             pending = getattr(self, "_pending_slots", None)
             if pending:
                 self._trainer.reset_state(pending)
@@ -147,7 +147,7 @@ class TrainingMixin:
         from ..runtime.trainer import EpochAggregator, steps_for
 
         batch_size = int(self._fit_default("batch_size", batch_size))
-        trainer = self._get_trainer(batch_size)
+        trainer = self._get_trainer()
         epochs = int(self._fit_default("epochs", epochs))
         validation_split = float(self._fit_default("validation_split", validation_split))
         shuffle = bool(self._fit_default("shuffle", shuffle))

@@ -132,7 +132,7 @@ def _gradients(model, x, fused: bool, monkeypatch, device="cpu", graph=None):
     monkeypatch.setattr(training, "FUSED_RECURRENT_BACKWARD", fused)
     out = model.output_names[0]
     setup = TrainSetup({out: get_loss("mse")}, {}, {out: []}, SGD(0.1))
-    proto, state = build_gradient_graph(model, setup, device=device, batch_size=x.shape[0])
+    proto, state = build_gradient_graph(model, setup, device=device)
     onnx.checker.check_model(proto, full_check=True)
     if graph is not None:
         graph.append(proto)
@@ -191,11 +191,14 @@ def test_fused_backward_equals_op_by_op(cell, key, monkeypatch):
     assert n_fused < n_plain, (n_fused, n_plain)     # per step far fewer: see the next test
 
 
+@pytest.mark.parametrize("lstm_op", [True, False], ids=["lstm_op", "unrolled_forward"])
 @pytest.mark.parametrize("key", list(_rnn_models(L.LSTM)) + ["masked"])
-def test_lstm_forward_for_cuda_equals_the_unrolled_steps(key, monkeypatch):
+def test_lstm_forward_for_cuda_equals_the_unrolled_steps(key, lstm_op, monkeypatch):
     """Built for onnxruntime's CUDA provider, an unmasked LSTM's forward steps are ONNX's LSTM op
-    and a recomputation in bulk (a scan over time for the cells): the same loss and gradients as
-    the unrolled steps (both run here on the CPU), every direction; masked layers stay unrolled."""
+    and a recomputation in bulk (a scan over time for the cells), and its reverse loop is two
+    kernels a step (_lstm_reverse_by_gemm): the same loss and gradients as the CPU build (both run
+    here on the CPU), every direction; masked layers stay unrolled. The reverse loop is also
+    checked behind the unrolled forward steps (the LSTM-op rewrite turned off)."""
     m = _masked_rnn_models(L.LSTM)["bidirectional_sequences"] if key == "masked" else _rnn_models(L.LSTM)[key]
     for layer in m.layers:
         for inner in [layer] + [getattr(layer, k, None) for k in ("forward", "backward")]:
@@ -203,6 +206,9 @@ def test_lstm_forward_for_cuda_equals_the_unrolled_steps(key, monkeypatch):
                 _bias_nonzero(inner)
     x = masked_inputs(6) if key == "masked" else RNG.normal(size=(B, 6, F))
     graphs = []
+    if not lstm_op:
+        import kdsl.lower.training as training
+        monkeypatch.setattr(training, "lstm_forward_as_op", lambda e, tapes: None)
     cuda, _ = _gradients(m, x, True, monkeypatch, device="cuda", graph=graphs)
     cpu, _ = _gradients(m, x, True, monkeypatch, device="cpu", graph=graphs)
     assert cuda.keys() == cpu.keys() and any("recurrent" in k for k in cuda)
@@ -210,8 +216,8 @@ def test_lstm_forward_for_cuda_equals_the_unrolled_steps(key, monkeypatch):
         np.testing.assert_allclose(cuda[k], cpu[k], rtol=2e-5, atol=1e-6, err_msg=k)
     ops = [collections.Counter(n.op_type for n in g.graph.node) for g in graphs]
     directions = sum(isinstance(layer, L.LSTM) + 2 * isinstance(layer, L.Bidirectional) for layer in m.layers)
-    assert ops[1]["LSTM"] == 0 and ops[0]["LSTM"] == (0 if key == "masked" else directions)
-    if key != "masked":   # the steps' Gemms are gone (the first step of each direction has none)
+    assert ops[1]["LSTM"] == 0 and ops[0]["LSTM"] == (0 if key == "masked" or not lstm_op else directions)
+    if key != "masked" and lstm_op:   # the steps' Gemms are gone (the first step of each direction has none)
         assert ops[0]["Gemm"] < ops[1]["Gemm"] - 3 * directions, (ops[0]["Gemm"], ops[1]["Gemm"])
 
 
@@ -237,6 +243,54 @@ def test_fused_backward_has_far_fewer_nodes_per_step(cell, ratios, masked, monke
     per_step_fused = (nodes(12, True) - nodes(6, True)) / 6
     per_step_plain = (nodes(12, False) - nodes(6, False)) / 6
     assert per_step_fused < ratio * per_step_plain, (per_step_fused, per_step_plain)
+
+
+@pytest.mark.parametrize("backwards", [False, True], ids=["forwards", "go_backwards"])
+def test_lstm_reverse_loop_for_cuda_where_the_last_steps_get_no_gradient(backwards, monkeypatch):
+    """Where no gradient reaches the last steps processed (here: their outputs' gradients dropped
+    by a wrapped rule, on both builds alike), the CUDA build's reverse loop starts at the last step
+    that gets one and the projection's gradient has zeros for the others, as on the CPU."""
+    from kdsl.lower import autodiff
+
+    rule = autodiff.RULES["KdslUnrolledLSTM"]
+
+    def dropping(g, n, gy):
+        gy = list(gy)
+        gy[4] = gy[5] = None            # the outputs of processing steps 4 and 5 (of 6)
+        return rule(g, n, gy)
+
+    monkeypatch.setitem(autodiff.RULES, "KdslUnrolledLSTM", dropping)
+    xin = kdsl.Input((6, F), name="x")
+    lstm = L.LSTM(4, return_sequences=True, go_backwards=backwards)
+    m = kdsl.Model(xin, {"y": L.Dense(2)(L.Flatten()(lstm(xin)))}, seed=1)
+    _bias_nonzero(lstm)
+    x = RNG.normal(size=(B, 6, F))
+    cuda, _ = _gradients(m, x, True, monkeypatch, device="cuda")
+    cpu, _ = _gradients(m, x, True, monkeypatch, device="cpu")
+    assert any("recurrent" in k for k in cuda)
+    for k in cpu:
+        np.testing.assert_allclose(cuda[k], cpu[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("sequences", [False, True], ids=["last", "sequences"])
+def test_lstm_reverse_loop_for_cuda_is_two_kernels_a_step(sequences, monkeypatch):
+    """Built for CUDA, each step of an unmasked LSTM adds to the gradient graph its forward kernels
+    and, in reverse, one Mul and one MatMul (plus an Add of the output's gradient for a sequence;
+    Reshapes and Splits are views, constants no kernels), against well over ten on the CPU build."""
+    def kernels(steps, device):
+        xin = kdsl.Input((steps, F), name="x")
+        m = kdsl.Model(xin, {"y": L.Dense(2)(L.Flatten()(L.LSTM(4, return_sequences=True)(xin)) if sequences
+                                           else L.LSTM(4)(xin))}, seed=1)
+        graphs = []
+        _gradients(m, RNG.normal(size=(B, steps, F)), True, monkeypatch, device=device, graph=graphs)
+        return collections.Counter(n.op_type for n in graphs[0].graph.node if n.op_type not in ("Reshape", "Split", "Constant"))
+
+    # 5 and 7 steps: the same rounds (3) of the cells' scan in the LSTM-op forward
+    per_step = {d: {k: v / 2 for k, v in (kernels(7, d) - kernels(5, d)).items()} for d in ("cuda", "cpu")}
+    assert per_step["cuda"].get("LSTM", 0) == 0 and sum(per_step["cuda"].values()) == (3 if sequences else 2), \
+        per_step["cuda"]
+    assert per_step["cuda"]["Mul"] == 1 and per_step["cuda"]["MatMul"] == 1
+    assert sum(per_step["cpu"].values()) > 10      # the CPU build's unrolled forward and six-op reverse
 
 
 def _masked_rnn_models(cell):
@@ -290,19 +344,16 @@ def test_fused_backward_is_not_used_outside_its_form(layer, monkeypatch):
         np.testing.assert_array_equal(fused[k], plain[k])
 
 
-def test_lstm_op_forward_only_for_cuda_and_batches_it_is_faster_at():
-    """build_training picks the LSTM-op forward for the CUDA provider up to LSTM_OP_MAX_BATCH (a
-    measured crossover); the CPU and larger or unknown batches keep the unrolled steps."""
-    from kdsl.lower import training
+def test_lstm_op_forward_only_for_cuda():
+    """build_training picks the LSTM-op forward for the CUDA provider (at every batch size: measured
+    faster from 64 to 512); the CPU keeps the unrolled steps; inference graphs use ONNX's op."""
     from kdsl.lower.training import TrainSetup, build_training
     from kdsl.train.losses import get_loss
     from kdsl.train.optimizers import SGD
 
     m = _rnn_models(L.LSTM)["last"]
     setup = TrainSetup({"y": get_loss("mse")}, {}, {"y": []}, SGD(0.1))
-    cap = training.LSTM_OP_MAX_BATCH
-    for device, batch, want in [("cuda", cap, 1), ("cuda", 16, 1), ("cuda", cap + 1, 0), ("cuda", None, 0),
-                                ("cpu", 16, 0)]:
-        prog = build_training(m, setup, device=device, batch_size=batch)
-        assert sum(n.op_type == "LSTM" for n in prog.train.graph.node) == want, (device, batch)
+    for device, want in [("cuda", 1), ("cpu", 0)]:
+        prog = build_training(m, setup, device=device)
+        assert sum(n.op_type == "LSTM" for n in prog.train.graph.node) == want, device
         assert sum(n.op_type == "LSTM" for n in prog.eval.graph.node) == 1      # inference: ONNX's op
