@@ -325,9 +325,9 @@ def _lstm_reverse_by_gemm(g: GradContext, tape: LSTMTape, gy_out: list, gy_c: st
     broadcast against the ``[b, 2, 5, u]`` coefficients) gives ``Y_t``, both halves of those
     sums side by side; one GEMM with ``W = [[R^T, 0], [0, I], [R^T, 0], [0, I]]`` (``[10u, 2u]``)
     adds the halves and gives ``X_{t-1} = [dz_t R^T, cf_t]`` (plus the output's gradient
-    ``[dy_{t-1}, 0]`` for a sequence, padded in bulk: one more kernel a step). The ``dz_t`` are the halves' sum, formed after the loop in
-    bulk. (On the CPU the GEMM's five times larger work costs more than the kernels it saves.)
-    Where every step gets a gradient, the projection's and the recurrent kernel's gradients are
+    ``[dy_{t-1}, 0]`` for a sequence, padded in bulk: one more kernel a step). The ``dz_t`` are
+    the halves' sum, formed after the loop in bulk. (On the CPU the GEMM's five times larger work
+    costs more than the kernels it saves.) Where every step gets a gradient, the projection's and the recurrent kernel's gradients are
     formed from the ``[T * b, 4u]`` stack of ``dz`` and, after the LSTM-op rewrite, the bulk
     previous outputs, without splitting into steps and stacking again."""
     e = g.e

@@ -317,13 +317,20 @@ def test_resize_bilinear_is_refused():
         op_graph(build, {"x": f32(1, 2, 2, 2)}, ["x"])
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("idx_dtype", [np.int64, np.int32])
 @pytest.mark.parametrize("idx_shape", [(2, 4), (5,), ()])
-def test_gather_op(idx_dtype, idx_shape):
+def test_gather_op(idx_dtype, idx_shape, device):
+    """An embedding lookup's gradient; built for CUDA, id 0's rows (padding) are scattered into
+    spare rows and summed apart: the same values."""
     idx = RNG.integers(0, 5, size=idx_shape).astype(idx_dtype)
     if idx.size > 1:
         idx.reshape(-1)[:2] = 3   # repeated rows accumulate
-    op_check(lambda e, t, i: e.op("Gather", [t, i], axis=0), {"t": f32(5, 3), "i": idx}, wrt=["t"])
+        idx.reshape(-1)[-3:] = 0  # and so do the padding id's
+    m = op_check(lambda e, t, i: e.op("Gather", [t, i], axis=0), {"t": f32(5, 3), "i": idx}, wrt=["t"],
+                 device=device)
+    ops = {n.op_type for n in m.graph.node}
+    assert "ScatterND" in ops and ("Range" in ops) == (device == "cuda")
 
 
 @pytest.mark.parametrize("xs,bs,gemv", [
