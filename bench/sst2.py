@@ -37,7 +37,8 @@ TARGET = 0.834
 
 #: per model: the .kd model, its parameters for SST-2, and the training settings (the learning rate
 #: of the file's Adam, or ``lr`` if given, is multiplied by ``lr_decay`` after every epoch; ``optimizer``, if
-#: given, holds other options of Adam, e.g. ``use_ema``, ``ema_momentum``, ``clipnorm``). Picked on
+#: given, holds the optimizer's other options, e.g. ``use_ema``, ``ema_momentum``, ``clipnorm``, and
+#: ``optimizer_class`` names another optimizer than the file's Adam, e.g. "nadam"). Picked on
 #: the dev set (so the dev figures are slightly optimistic). A search of about 30 configurations
 #: (2026-11-27) found nothing better than these, so they stay: with either model every variant tried
 #: (vocabulary 4k-20k, standardize="lower", embeddings 32-300, 100-300 filters, 64-128 units, embedding,
@@ -67,12 +68,29 @@ TARGET = 0.834
 #: (`python bench/sst2.py --models bilstm`, fourth session: 83.37% in 200 s; with 128 units 83.37%
 #: in 428 s; with EMA momentum 0.999 81.9% and 82.7% on seeds 0 and 1), a hair under the target on
 #: the mean; the CNN keeps its defaults.
+#: Fifth session (2026-11-27, runs two at a time on the 2-core machine, so the times are about twice
+#: a lone run's): the BiLSTM with Nadam (new that session) instead of Adam, all else as above, gave
+#: 83.94%, 83.37%, 83.14% on seeds 0, 1, 2 (mean 83.48%, 417-426 s shared; Adam's mean 83.37%), so
+#: Nadam is its default; 7 epochs with decay 0.75: 83.83% (seed 0).
+#: A fifth search for the CNN (24 runs, new options of ``sentiment_cnn``): a second epoch lowered the
+#: dev accuracy in every variant (the model memorises the phrases), so one epoch, with Adam's EMA at a
+#: momentum whose window fits in it and small batches; one residual width-3 context convolution
+#: before the parallel ones, "causal" padding (width - 1 zero steps before the text), average pooling
+#: beside max pooling, 256 filters, embedding dropout 0.3. Batch 16, EMA 0.999: 84.06%, 84.06%, 83.37%
+#: on seeds 0, 1, 2 (mean 83.83%, 143-155 s); batch 32, EMA 0.998: 84.29%, 83.72%, 83.26% (mean
+#: 83.76%); 256 filters with batch 64, EMA 0.996: 83.37%, 84.63%, 82.11%; widths 1-5, two context
+#: layers, 256-dim embeddings (490 s) and EMA 0.999 at batch 64 (82.2%) did not help; the old default
+#: gave 80.96% in the same conditions. With some 80 configurations tried over the sessions, all
+#: scored on the dev set, these figures are optimistic by the selection.
 MODELS = {
-    "cnn": dict(model="sentiment_cnn", params=dict(vocab=20000, seq_len=48, embed_dim=128, filters=128),
-                epochs=2, batch_size=64, lr_decay=1.0),
+    "cnn": dict(model="sentiment_cnn", params=dict(vocab=20000, seq_len=48, embed_dim=128, filters=256,
+                                                   embed_dropout=0.3, context_layers=1, residual=True,
+                                                   conv_padding="causal", avg_pool=True),
+                epochs=1, batch_size=16, lr=1e-3, lr_decay=1.0,
+                optimizer=dict(use_ema=True, ema_momentum=0.999, clipnorm=1.0)),
     "bilstm": dict(model="sentiment_bilstm", params=dict(vocab=10000, seq_len=48, embed_dim=128, units=64,
                                                          embed_dropout=0.5, max_pool=True),
-                   epochs=6, batch_size=256, lr=2e-3, lr_decay=0.7,
+                   epochs=6, batch_size=256, lr=2e-3, lr_decay=0.7, optimizer_class="nadam",
                    optimizer=dict(use_ema=True, ema_momentum=0.998, clipnorm=1.0)),
 }
 
@@ -109,13 +127,17 @@ def run_model(key: str, data, epochs: int | None, budget: float, seed: int, batc
     batch_size = batch_size or spec["batch_size"]
     model = kdsl.load(EXAMPLE, model=spec["model"], params=spec["params"], seed=seed)
     cfg = model.train_config   # the file's train section, with the learning rate set here
-    opt_args = spec.get("optimizer", {})   # Adam's other options (use_ema, clipnorm, ...)
-    optimizer = kdsl.optimizers.Adam(**opt_args) if opt_args else cfg.optimizer
+    opt_args = spec.get("optimizer", {})   # the optimizer's other options (use_ema, clipnorm, ...)
+    opt_class = spec.get("optimizer_class")   # a kdsl.optimizers name; default: the file's (Adam)
+    optimizer = cfg.optimizer
+    if opt_args or opt_class:
+        optimizer = type(kdsl.optimizers.get(opt_class or cfg.optimizer))(**opt_args)
     model.compile(optimizer=optimizer, loss=cfg.loss, loss_weights=cfg.loss_weights, metrics=cfg.metrics or None)
     lr0 = float(spec.get("lr", model.optimizer.learning_rate))
     print(f"\n== {key}: {spec['model']}({', '.join(f'{k}={v}' for k, v in spec['params'].items())}), "
-          f"{model.count_params():,} parameters, batch {batch_size}, up to {epochs} epochs, Adam learning rate "
-          f"{lr0:g} x{spec['lr_decay']} per epoch{''.join(f', {k}={v}' for k, v in opt_args.items())}", flush=True)
+          f"{model.count_params():,} parameters, batch {batch_size}, up to {epochs} epochs, "
+          f"{type(model.optimizer).__name__} learning rate {lr0:g} x{spec['lr_decay']} per epoch"
+          f"{''.join(f', {k}={v}' for k, v in opt_args.items())}", flush=True)
     t0 = time.perf_counter()
     vec = model.get_layer("vectorize")
     vec.adapt(x_train)
@@ -143,7 +165,7 @@ def run_model(key: str, data, epochs: int | None, budget: float, seed: int, batc
     onnx_acc = float(np.mean((probs > 0.5) == (y_dev == 1)))
     result = {"model": key, "kd_model": spec["model"], "params": spec["params"], "parameters": model.count_params(),
               "vocabulary": vec.vocabulary_size(), "batch_size": batch_size, "learning_rate": lr0, "lr_decay": spec["lr_decay"],
-              "optimizer_options": opt_args,
+              "optimizer": type(model.optimizer).__name__, "optimizer_options": opt_args,
               "epochs": len(per_epoch),
               "dev_accuracy": accs[-1], "dev_accuracy_per_epoch": accs, "dev_accuracy_onnx_raw_strings": onnx_acc,
               "train_seconds": round(train_s, 1), "adapt_seconds": round(adapt_s, 2),

@@ -42,6 +42,27 @@ def test_sst2_benchmark_reads_glue_files_and_refuses_others(tmp_path):
         bench.read_tsv(str(bad))
 
 
+def test_sst2_benchmark_trains_both_models_with_their_optimizers(tmp_path):
+    """One epoch of each model's settings on a tiny GLUE-style set: the BiLSTM with its Nadam and
+    options, the CNN with the file's Adam; dev accuracy from evaluate() and from the exported ONNX
+    model on raw strings agree."""
+    import json
+
+    bench = _load("sst2")
+    rows = ["sentence\tlabel"] + [f"{w} film {i}\t{int(w == 'good')}" for i in range(48)
+                                   for w in ("good", "bad")]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text("\n".join(rows[:17]) + "\n", encoding="utf-8")
+    out = tmp_path / "r.json"
+    assert bench.main(["--data", str(tmp_path), "--epochs", "1", "--json", str(out)]) == 0
+    res = {r["model"]: r for r in json.loads(out.read_text())["results"]}
+    assert res["bilstm"]["optimizer"] == "Nadam" and res["bilstm"]["optimizer_options"]["use_ema"]
+    assert res["cnn"]["optimizer"] == "Adam"
+    for r in res.values():
+        assert r["epochs"] == 1 and 0.0 <= r["dev_accuracy"] <= 1.0
+        assert r["dev_accuracy_onnx_raw_strings"] == pytest.approx(r["dev_accuracy"], abs=1 / 16)
+
+
 def test_a_baseline_in_its_own_process_answers_setup_and_epochs():
     """IsolatedRunner drives ``bench/train.py --worker`` over pipes: PyTorch trains there when it
     is installed; otherwise the worker still answers, with the reason it skips."""
