@@ -47,11 +47,6 @@ __all__ = ["TrainSetup", "TrainingProgram", "StateEntry", "build_training", "bui
 #: steps op by op (tests)
 FUSED_RECURRENT_BACKWARD = True
 
-#: on the CUDA provider, unmasked LSTMs run forward through ONNX's LSTM op (cuDNN) with a
-#: recomputation in bulk (autodiff_rnn.lstm_forward_as_op). Measured on an H100 (text LSTM, 200
-#: steps, 64 units, step captured as a CUDA graph), ms per step op / unrolled steps: batch 64
-#: 6.9 / 9.6, 128 6.8 / 9.9, 256 8.3 / 11.9, 512 11.5 / 13.6.
-
 
 @dataclass
 class TrainSetup:
@@ -229,7 +224,11 @@ def _build(model: "Model", setup: TrainSetup, opset: int, training: bool, gradie
             nodes, records = (fuse_recurrent(e.nodes, ctx.recurrent_tapes, e.initializers)
                               if FUSED_RECURRENT_BACKWARD else (list(e.nodes), {}))
             if device == "cuda" and records:
-                lstm_forward_as_op(e, records)     # cuDNN's LSTM for the forward (the steps' names stay)
+                # unmasked LSTMs forward through ONNX's LSTM op (cuDNN) with the values the backward
+                # reads recomputed in bulk; the steps' names stay. Measured on an H100 (text LSTM,
+                # 200 steps, 64 units, captured step), ms per step with the op / the unrolled steps:
+                # batch 64 5.2 / 9.7, 256 7.1 / 10.0, 512 9.9 / 12.5
+                lstm_forward_as_op(e, records)
             grads = backprop(e, nodes, "loss", trainable, shapes, dtypes, records=records, device=device)
         if gradients_only:   # for gradient checks: loss and grad:<weight>, no optimizer
             for wname in trainable:
