@@ -201,6 +201,11 @@ def _sum_all(e: Emitter, x: str) -> str:
     return e.op("ReduceSum", [x], keepdims=0)
 
 
+def _average_in(e: Emitter, avg: str, x: str, beta: float) -> str:
+    """A moment's update, Keras's form: ``avg + (x - avg) * (1 - beta)``."""
+    return e.op("Add", [avg, e.op("Mul", [e.op("Sub", [x, avg]), e.scalar(1 - beta)])])
+
+
 def _clip_by_norm(e: Emitter, g: str, clip: float) -> str:
     """Keras ``_clip_by_norm``: ``g * clip / max(||g||, clip)``."""
     norm = e.op("Sqrt", [_sum_all(e, e.op("Mul", [g, g]))])
@@ -292,8 +297,8 @@ class Adam(Optimizer):
         p1 = e.op("Pow", [e.scalar(b1), step])
         p2 = e.op("Pow", [e.scalar(b2), step])
         alpha = e.op("Div", [e.op("Mul", [lr, e.op("Sqrt", [e.op("Sub", [one, p2])])]), e.op("Sub", [one, p1])])
-        m = e.op("Add", [slots["m"], e.op("Mul", [e.op("Sub", [g, slots["m"]]), e.scalar(1 - b1)])])
-        v = e.op("Add", [slots["v"], e.op("Mul", [e.op("Sub", [e.op("Mul", [g, g]), slots["v"]]), e.scalar(1 - b2)])])
+        m = _average_in(e, slots["m"], g, b1)
+        v = _average_in(e, slots["v"], e.op("Mul", [g, g]), b2)
         new = {"m": m, "v": v}
         denom_v = v
         if self.amsgrad:
@@ -488,7 +493,7 @@ class Adamax(Optimizer):
     def update(self, e, w, g, slots, lr, step):
         p1 = e.op("Pow", [e.scalar(self.beta_1), step])
         alpha = e.op("Div", [lr, e.op("Sub", [e.scalar(1.0), p1])])
-        m = e.op("Add", [slots["m"], e.op("Mul", [e.op("Sub", [g, slots["m"]]), e.scalar(1 - self.beta_1)])])
+        m = _average_in(e, slots["m"], g, self.beta_1)
         u = e.op("Max", [e.op("Mul", [e.scalar(self.beta_2), slots["u"]]), e.op("Abs", [g])])
         upd = e.op("Div", [e.op("Mul", [m, alpha]), e.op("Add", [u, e.scalar(self.epsilon)])])
         return e.op("Sub", [w, upd]), {"m": m, "u": u}
@@ -554,8 +559,8 @@ class Nadam(Optimizer):
         u_t, u_next, u_product, u_product_next = self._momentum_schedule(e, step)
         c_m = e.op("Div", [u_next, e.op("Sub", [one, u_product_next])])
         c_g = e.op("Div", [e.op("Sub", [one, u_t]), e.op("Sub", [one, u_product])])
-        m = e.op("Add", [slots["m"], e.op("Mul", [e.op("Sub", [g, slots["m"]]), e.scalar(1 - b1)])])
-        v = e.op("Add", [slots["v"], e.op("Mul", [e.op("Sub", [e.op("Mul", [g, g]), slots["v"]]), e.scalar(1 - b2)])])
+        m = _average_in(e, slots["m"], g, b1)
+        v = _average_in(e, slots["v"], e.op("Mul", [g, g]), b2)
         m_hat = e.op("Add", [e.op("Mul", [m, c_m]), e.op("Mul", [g, c_g])])
         v_hat = e.op("Div", [v, e.op("Sub", [one, e.op("Pow", [e.scalar(b2), step])])])
         upd = e.op("Div", [e.op("Mul", [m_hat, lr]), e.op("Add", [e.op("Sqrt", [v_hat]), e.scalar(self.epsilon)])])
