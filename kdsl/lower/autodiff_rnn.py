@@ -236,7 +236,7 @@ def _lstm_rule(g: GradContext, n, gy):
     gy_hs_last = gy[T] if zero_output else None
     if g.device == "cuda" and not masked:
         return _lstm_reverse_by_gemm(g, tape, gy_out, gy_c)
-    zero = _zero_state(e, tape)
+    zero = _zeros_like(e, steps[0].cs)                 # [b, u]
     a_i, a_o, a_f, a_g, k_all, _ = _lstm_local_derivatives(e, tape, lambda: zero)
     k = _unstack(e, k_all, T)
     if g.device == "cuda":
@@ -282,9 +282,9 @@ def _lstm_rule(g: GradContext, n, gy):
     return _lstm_input_grads(g, tape, dz, zero, masked)
 
 
-def _zero_state(e: Emitter, tape: LSTMTape) -> str:
-    """Zeros ``[b, u]``."""
-    return e.op("Mul", [tape.steps[0].cs, e.const(np.zeros((1, 1), np.float32), hint="zero")])
+def _zeros_like(e: Emitter, x: str) -> str:
+    """Zeros of ``x``'s shape (``x`` times 0, whatever its batch size)."""
+    return e.op("Mul", [x, e.const(np.zeros((1, 1), np.float32), hint="zero")])
 
 
 def _lstm_bulk(e: Emitter, tape: LSTMTape, name: str) -> str:
@@ -336,11 +336,11 @@ def _lstm_reverse_by_gemm(g: GradContext, tape: LSTMTape, gy_out: list, gy_c: st
 
     def zero() -> str:   # [b, u], made only where needed (it reads the first step's cell)
         if not zeros:
-            zeros.append(_zero_state(e, tape))
+            zeros.append(_zeros_like(e, steps[0].cs))
         return zeros[0]
 
     a_i, a_o, a_f, a_g, k, f = _lstm_local_derivatives(e, tape, zero)
-    no_o = e.op("Mul", [a_o, e.const(np.zeros((1, 1), np.float32), hint="zero")])
+    no_o = _zeros_like(e, a_o)
     from_dh = e.op("Concat", [e.op("Mul", [a, k]) if a != a_o else a for a in (a_i, a_o, a_f, a_g, f)], axis=-1)
     from_cf = e.op("Concat", [a_i, no_o, a_f, a_g, f], axis=-1)
     coef = _unstack(e, e.reshape(e.op("Concat", [from_dh, from_cf], axis=-1), [-1, 2, 5, u]), T)
@@ -429,7 +429,7 @@ class _OneState:
         self.e = e = g.e
         self.steps, self.T = tape.steps, len(tape.steps)
         self.one = e.const(np.ones((1, 1), np.float32), hint="one")
-        self.zero = e.op("Mul", [self.steps[0].hs, e.const(np.zeros((1, 1), np.float32), hint="zero")])   # [b, u]
+        self.zero = _zeros_like(e, self.steps[0].hs)   # [b, u]
         self.zero_output = self.steps[-1].out != self.steps[-1].hs   # outputs Where(m, h_new, 0)
         self.gy_out = list(gy[:self.T])
         self.gy_hs_last = gy[self.T] if self.zero_output else None
